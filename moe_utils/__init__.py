@@ -1,0 +1,32 @@
+"""moe_utils: the shared tensor core of the course "Mixture of Experts, from EM to expert parallelism".
+
+Chapters import it as one package, ``import moe_utils as mu``, the way d2l's chapters import d2l.
+
+Shape letters (one glossary for every docstring and for the book's notation page):
+
+    N   samples (data points, or tokens in a sparse layer)
+    D   input features per sample
+    O   outputs per sample
+    E   experts (for a synthetic data set: its regimes, the true experts)
+    H   hidden units of a small network
+    C   classes
+    K   experts chosen per sample (top-k routing)
+    S   posterior samples
+    G   grid or quadrature points
+
+Modules:
+    checks    input validation with errors that name the argument
+    runtime   ``device("auto")`` and ``seed``
+    data      synthetic data sets and their best achievable test scores
+    mixture   Gaussian mixtures in log space (mean, log density, responsibilities)
+    metrics   test MSE and NLL
+    plots     plotting setup (plotly renderer, colours) and the course's figures
+"""
+
+from . import checks, data, metrics, mixture, plots, runtime
+from .metrics import Scores, scores
+from .runtime import device, seed
+
+__version__ = "0.1.0"
+
+__all__ = ["Scores", "checks", "data", "device", "metrics", "mixture", "plots", "runtime", "scores", "seed"]

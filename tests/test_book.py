@@ -1,0 +1,71 @@
+"""A warnings-as-errors build of the book, then checks of the built HTML."""
+
+import re
+
+import nbformat
+import pytest
+from bs4 import BeautifulSoup
+
+from conftest import CHAPTERS, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def page(html_root, chapter):
+    return BeautifulSoup((html_root / "chapters" / f"{chapter.stem}.html").read_text(), "html.parser")
+
+
+def test_every_book_page_is_built(built_book):
+    for name in ("intro", "setup", "notation", "glossary", "bibliography", "instructors"):
+        assert (built_book / "book" / f"{name}.html").exists()
+    assert (built_book / "index.html").exists()
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_every_plotly_figure_is_on_the_page(built_book, chapter):
+    nb = nbformat.read(chapter, as_version=4)
+    in_notebook = sum("plotly-graph-div" in o.get("data", {}).get("text/html", "")
+                      for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    figures = page(built_book, chapter).select("div.plotly-graph-div")
+    assert in_notebook > 0 and len(figures) == in_notebook
+    # plotly.js is served by the book itself, so the figures render offline too.
+    assert (built_book / "_static" / "plotly.min.js").stat().st_size > 1_000_000
+    assert page(built_book, chapter).find("script", src=re.compile(r"_static/plotly\.min\.js"))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_launch_and_download_buttons(built_book, chapter):
+    soup = page(built_book, chapter)
+    links = [a.get("href", "") for a in soup.find_all("a")]
+    colab = f"https://colab.research.google.com/github/moe-course/moe-course/blob/main/chapters/{chapter.name}"
+    assert colab in links, "no Colab launch link to the committed notebook"
+    assert any(href.startswith("https://mybinder.org/v2/gh/moe-course/moe-course/main") for href in links)
+    assert soup.select(".dropdown-download-buttons"), "no download button"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_citations_resolve_to_the_bibliography(built_book, chapter):
+    soup = page(built_book, chapter)
+    text = soup.get_text()
+    assert "{cite}" not in text and "??" not in text
+    cites = [a for a in soup.find_all("a", href=True) if "bibliography.html#" in a["href"]]
+    assert cites, "no resolved citation"
+    bib = BeautifulSoup((built_book / "book" / "bibliography.html").read_text(), "html.parser")
+    anchors = {tag.get("id") for tag in bib.find_all(id=True)}
+    for a in cites:
+        assert a["href"].split("#")[1] in anchors
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_math_exercises_and_hidden_setup(built_book, chapter):
+    soup = page(built_book, chapter)
+    assert soup.select("div.math"), "no display math"
+    assert soup.select(".exercise") and soup.select(".solution"), "exercises and solutions render"
+    assert "importlib.util.find_spec" not in soup.get_text(), "the setup cell must be removed from the page"
+    assert soup.select(".cell.tag_parameters"), "the parameters cell is shown"
+
+
+def test_bibliography_lists_the_primary_sources(built_book):
+    text = BeautifulSoup((built_book / "book" / "bibliography.html").read_text(), "html.parser").get_text()
+    for author in ("Jacobs", "Jordan", "Bishop", "Breiman", "Jang", "Maddison", "Shazeer", "Fedus"):
+        assert author in text

@@ -1,0 +1,52 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import moe_utils as mu
+from conftest import cuda
+
+
+def test_auto_picks_the_best_available_device():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert mu.device("auto").type == expected
+    assert mu.device().type == expected
+
+
+def test_named_devices():
+    assert mu.device("cpu") == torch.device("cpu")
+    assert mu.device(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+def test_cuda_without_cuda_is_a_clear_error():
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        mu.device("cuda")
+
+
+@cuda
+def test_cuda_index_out_of_range():
+    with pytest.raises(ValueError, match="does not exist"):
+        mu.device(f"cuda:{torch.cuda.device_count()}")
+
+
+@pytest.mark.parametrize("name", ["gpu", "tpu", "cpu:x"])
+def test_unknown_device_names(name):
+    with pytest.raises(ValueError, match="device"):
+        mu.device(name)
+
+
+def test_device_type_error():
+    with pytest.raises(TypeError, match="device must be a string"):
+        mu.device(0)
+
+
+def test_seed_makes_every_generator_repeat():
+    gen = mu.seed(3)
+    first = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=gen).item())
+    gen = mu.seed(3)
+    again = (random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=gen).item())
+    assert first == again
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        mu.seed(-1)
