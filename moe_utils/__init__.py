@@ -19,14 +19,20 @@ Modules:
     runtime   ``device("auto")`` and ``seed``
     data      synthetic data sets and their best achievable test scores
     mixture   Gaussian mixtures in log space (mean, log density, responsibilities)
+    experts   stacked experts: closed-form linear fits, and nn.Modules with an expert axis
+    gates     gates as nn.Modules returning log-probabilities (constant, softmax, MLP)
+    em        the EM steps for a mixture of linear experts, as pure functions
+    mole      MixtureOfLinearExperts, the EM estimator built from those steps
     metrics   test MSE and NLL
     plots     plotting setup (plotly renderer, colours) and the course's figures
 """
 
-from . import checks, data, metrics, mixture, plots, runtime
+from . import checks, data, em, experts, gates, metrics, mixture, mole, plots, runtime
 from .metrics import Scores, scores
+from .mole import MixtureOfLinearExperts
 from .runtime import device, seed
 
 __version__ = "0.1.0"
 
-__all__ = ["Scores", "checks", "data", "device", "metrics", "mixture", "plots", "runtime", "scores", "seed"]
+__all__ = ["MixtureOfLinearExperts", "Scores", "checks", "data", "device", "em", "experts", "gates",
+           "metrics", "mixture", "mole", "plots", "runtime", "scores", "seed"]

@@ -17,4 +17,4 @@ def test_traces_split_by_regime_and_sort_lines():
     line = mu.plots.line_trace(torch.tensor([2.0, 0.0, 1.0]), torch.tensor([4.0, 0.0, 1.0]), "f")
     assert list(line.x) == [0.0, 1.0, 2.0] and list(line.y) == [0.0, 1.0, 4.0]
     fig = mu.plots.subplots(["a", "b", "c", "d"], cols=3)
-    assert fig.layout.height == 2 * 300 + 120
+    assert fig.layout.height == 2 * 300 + 140

@@ -1,0 +1,169 @@
+"""EM for a mixture of linear experts, as pure functions (the estimator lives in ``mole``).
+
+The model (Jordan & Jacobs, 1994): expert e predicts y ~ N(w_e . x + b_e, var_e) and a gate
+g(x) picks an expert. With the expert of each sample as a latent variable, EM alternates
+
+    E-step:  r_ne = g_e(x_n) N(y_n; mu_ne, var_e) / sum_e' g_e'(x_n) N(y_n; mu_ne', var_e')
+    M-step:  experts by weighted least squares (closed form), var_e = weighted residual variance,
+             gate by maximising sum_n sum_e r_ne log g_e(x_n) (plus its log prior).
+
+Every step never decreases the objective: the mean log-likelihood plus the gate's log prior / N.
+Shapes: x (N, D), y (N,), resp (N, E), weight (E, D), bias (E,), var (E,).
+
+>>> import torch, moe_utils as mu
+>>> split = mu.data.zig_step().split(400, seed=0, dtype=torch.float64)
+>>> x, y = split.x_train[:, None], split.y_train
+>>> resp = mu.em.init_responsibilities(x, y, 2, "kmeans", seed=0)
+>>> gate = mu.gates.SoftmaxGate(1, 2, shift=x.mean(0), scale=x.std(0)).to(x)
+>>> for _ in range(20):
+...     weight, bias, var = mu.em.m_step_experts(x, y, resp)
+...     gate = mu.em.m_step_gate(gate, x, resp)
+...     resp, log_lik = mu.em.e_step(gate, weight, bias, var, x, y)
+>>> sorted(weight[:, 0].round(decimals=1).tolist())
+[1.0, 1.0]
+"""
+
+import copy
+
+import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from . import experts, mixture
+from .gates import ConstantGate
+
+__all__ = ["ConvergenceWarning", "e_step", "gate_log_prior", "init_responsibilities", "kmeans",
+           "m_step_experts", "m_step_experts_gradient", "m_step_gate"]
+
+
+class ConvergenceWarning(UserWarning):
+    """EM stopped at ``max_iter`` before the objective stopped improving by ``tol``."""
+
+
+def e_step(gate, weight, bias, var, x, y) -> tuple[torch.Tensor, float]:
+    """Responsibilities (N, E) and the mean log-likelihood per sample (a float)."""
+    joint = mixture.joint_log_prob(gate(x), experts.linear_means(x, weight, bias), var, y)
+    return torch.softmax(joint, dim=-1).detach(), torch.logsumexp(joint, dim=-1).mean().item()
+
+
+def m_step_experts(x, y, resp, min_var: float = 0.0, ridge: float = 1e-8):
+    """Closed-form M-step of the experts: weighted least squares and weighted residual variance.
+
+    Returns weight (E, D), bias (E,), var (E,); every var_e >= ``min_var``.
+    """
+    weight, bias = experts.fit_linear(x, y, resp, ridge)
+    var = experts.noise_variance(y, experts.linear_means(x, weight, bias), resp, min_var)
+    return weight, bias, var
+
+
+def m_step_experts_gradient(x, y, resp, weight, bias, var, steps: int = 200, lr: float = 0.01,
+                            min_var: float = 0.0):
+    """The same M-step done the slow way: Adam on the expected complete-data NLL.
+
+    This is the common mistake the closed form avoids: an inner gradient loop that costs
+    ``steps`` passes over the data per EM iteration and only approaches the exact solution.
+    """
+    weight, bias = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
+    log_var = torch.log(var.detach().clamp_min(max(min_var, 1e-12))).requires_grad_()
+    opt = torch.optim.Adam([weight, bias, log_var], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        log_p = mixture.gaussian_log_prob(y[:, None], experts.linear_means(x, weight, bias), log_var.exp())
+        (-(resp * log_p).sum() / len(y)).backward()
+        opt.step()
+    return weight.detach(), bias.detach(), log_var.detach().exp().clamp_min(min_var)
+
+
+def gate_log_prior(gate, l2: float = 1e-3, alpha: float = 1.0) -> float:
+    """log p(gate) up to a constant: Dirichlet(alpha) on constant weights, N(0, 1/l2) otherwise."""
+    if isinstance(gate, ConstantGate):
+        return (alpha - 1.0) * torch.log_softmax(gate.logit, -1).sum().item()
+    return -0.5 * l2 * sum((p**2).sum().item() for p in gate.parameters())
+
+
+def m_step_gate(gate, x, resp, l2: float = 1e-3, alpha: float = 1.0, steps: int = 10):
+    """A new gate that increases sum_n sum_e r_ne log g_e(x_n) + log p(gate); ``gate`` is unchanged.
+
+    ``ConstantGate``: closed form (the MAP estimate under a Dirichlet(alpha) prior, alpha >= 1).
+    Any other gate: up to ``steps`` Gauss-Newton steps with a backtracking line search. For the
+    linear-softmax gate the Gauss-Newton matrix is the exact Hessian, so this is Newton's method
+    (IRLS); for the MLP gate it is its positive semi-definite Gauss-Newton approximation.
+    """
+    new = copy.deepcopy(gate)
+    with torch.no_grad():
+        if isinstance(new, ConstantGate):
+            counts = resp.sum(0) + (alpha - 1.0)
+            new.logit.copy_(torch.log(counts / counts.sum()) * new.temperature)
+        else:
+            _gauss_newton(new, x, resp, l2, steps)
+    return new
+
+
+def _gate_objective(gate, x, resp, l2: float) -> torch.Tensor:
+    """Mean expected complete-data log-likelihood of the gate plus its log prior / N."""
+    penalty = sum((p**2).sum() for p in gate.parameters())
+    return ((resp * gate(x)).sum() - 0.5 * l2 * penalty) / x.shape[0]
+
+
+def _gauss_newton(gate, x, resp, l2: float, steps: int) -> None:
+    """Maximise ``_gate_objective`` in place by Gauss-Newton steps on theta (P,).
+
+    With J = d logits / d theta (N, E, P), p = g(x) and temperature t, the gradient is
+    J^T (r - p) / t - l2 theta and the curvature sum_n J_n^T (diag p_n - p_n p_n^T) J_n / t^2 + l2 I.
+    """
+    n, t = x.shape[0], gate.temperature
+    eye = None
+    for _ in range(steps):
+        theta = parameters_to_vector(gate.parameters())
+        before = _gate_objective(gate, x, resp, l2)
+        jac, p = gate.jacobian(x) / t, gate(x).exp()                             # (N, E, P), (N, E)
+        grad = torch.einsum("ne,nep->p", resp - p, jac) - l2 * theta
+        pj = torch.einsum("ne,nep->np", p, jac)                                  # (N, P)
+        curv = (torch.einsum("nep,ne,neq->pq", jac, p, jac) - pj.T @ pj).double()   # (P, P)
+        eye = torch.eye(len(theta), dtype=curv.dtype, device=x.device) if eye is None else eye
+        damping = l2 + 1e-9 * curv.diagonal().max().item()  # keeps the solve well posed
+        step = torch.linalg.solve(curv + damping * eye, grad.double()).to(theta.dtype)
+        for scale in 0.5 ** torch.arange(30):
+            vector_to_parameters(theta + scale * step, gate.parameters())
+            if _gate_objective(gate, x, resp, l2) >= before:
+                break
+        else:  # no step helps: at the optimum, to rounding
+            vector_to_parameters(theta, gate.parameters())
+            return
+        if grad.abs().max() < 1e-10 * n:
+            return
+
+
+def init_responsibilities(x, y, n_experts: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
+    """Starting responsibilities (N, E).
+
+    ``"kmeans"``: k-means in x, the regions a gate could draw; ``"kmeans_xy"``: k-means on
+    standardised (x, y); both start from k-means++ and give one-hot clusters softened to 0.9/0.1,
+    so that no expert starts empty. ``"random"``: Dirichlet(1) rows.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    if method == "random":
+        resp = -torch.log(torch.rand(n, n_experts, generator=gen, dtype=torch.float64))  # Exp(1)
+        return (resp / resp.sum(-1, keepdim=True)).to(x)
+    points = x if method == "kmeans" else torch.cat([x, y[:, None]], dim=1)
+    label = kmeans(points, n_experts, gen)
+    soft = 0.1 / (n_experts - 1) if n_experts > 1 else 0.0
+    resp = torch.full((n, n_experts), soft, dtype=torch.float64)
+    resp[torch.arange(n), label] = 1.0 - soft * (n_experts - 1)
+    return resp.to(x)
+
+
+def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, steps: int = 20) -> torch.Tensor:
+    """Cluster labels (N,) of points (N, F) after standardising: k-means++ starts, Lloyd steps."""
+    points = points.to("cpu", torch.float64)
+    points = (points - points.mean(0)) / points.std(0).clamp_min(1e-12)
+    centres = points[torch.randint(points.shape[0], (1,), generator=generator)]
+    for _ in range(1, k):  # k-means++: far points are more likely to start a cluster
+        d2 = torch.cdist(points, centres).min(1).values ** 2
+        centres = torch.cat([centres, points[torch.multinomial(d2 / d2.sum(), 1, generator=generator)]])
+    for _ in range(steps):
+        label = torch.cdist(points, centres).argmin(1)
+        for c in range(k):
+            if (label == c).any():
+                centres[c] = points[label == c].mean(0)
+    return torch.cdist(points, centres).argmin(1)

@@ -1,0 +1,192 @@
+"""``MixtureOfLinearExperts``: a scikit-learn-style estimator fitted by EM.
+
+It strings together the pure steps of ``em``: initial responsibilities, then E- and M-steps until
+the objective (mean log-likelihood plus the gate's log prior / N) improves by less than ``tol``,
+from ``n_init`` starts, keeping the best. Shapes: x (N,) or (N, D); y (N,) or (N, 1).
+
+>>> import moe_utils as mu
+>>> roof = mu.data.roof()
+>>> split = roof.split(2000, test_size=0.5, seed=0)
+>>> model = mu.MixtureOfLinearExperts(3, seed=0).fit(split.x_train, split.y_train)
+>>> model.weights_.shape, model.noise_var_.shape, model.converged_
+(torch.Size([3, 1]), torch.Size([3]), True)
+>>> model.log_prob(split.x_test, split.y_test).shape
+torch.Size([1000])
+"""
+
+import time
+import warnings
+
+import torch
+
+from . import checks, em, experts, mixture
+from .gates import ConstantGate, MLPGate, SoftmaxGate, standardiser
+from .metrics import Scores
+
+__all__ = ["GATES", "MixtureOfLinearExperts"]
+
+GATES = {"softmax": SoftmaxGate, "mlp": MLPGate, "constant": ConstantGate}
+INITS = ("kmeans", "kmeans_xy", "random")
+SOLVERS = ("closed_form", "gradient")
+
+
+class MixtureOfLinearExperts:
+    """A mixture of E linear experts with Gaussian noise and a gate, fitted by EM.
+
+    Parameters
+    ----------
+    n_experts : number of experts E (>= 1).
+    gate : ``"softmax"`` (linear-softmax, IRLS M-step), ``"mlp"`` (a small tanh network, Gauss-Newton
+        steps) or ``"constant"`` (weights that ignore x, Dirichlet(``alpha``) prior). The MLP gate
+        starts from the responsibilities of a linear-softmax fit from the same start: fitted
+        straight to the k-means regions, a flexible gate locks onto them and EM stalls in poor optima.
+    n_init : number of starts; the one with the best final objective is kept.
+    max_iter, tol : stop when the objective per sample improves by less than ``tol``.
+    init : starting responsibilities: ``"kmeans"`` (regions in x), ``"kmeans_xy"`` or ``"random"``.
+    gate_l2 : precision of the Gaussian prior on the softmax/MLP gate's parameters; it keeps a
+        gate finite where the regimes are separable (a jump) instead of an infinitely sharp switch.
+    alpha : Dirichlet concentration of the constant gate (>= 1; 1 is a flat prior).
+    gate_steps : Newton (softmax) or Gauss-Newton (mlp) iterations per M-step.
+    n_hidden : hidden units of the MLP gate.
+    min_var : smallest noise variance, as a fraction of var(y) (keeps the likelihood bounded).
+    expert_solver : ``"closed_form"`` (weighted least squares) or ``"gradient"`` (an inner Adam
+        loop of ``gradient_steps`` per M-step: the slow way, for comparison).
+    seed : seeds the starts (start i uses seed + i). device : where to fit (default: x's device).
+
+    Fitted attributes: ``weights_`` (E, D), ``biases_`` (E,), ``noise_var_`` (E,), ``gate_``
+    (a ``gates`` module), ``log_likelihood_history_`` (objective per iteration of the kept start),
+    ``log_likelihood_`` (its last value), ``converged_``, ``n_iter_``, ``fit_seconds_``, and
+    ``restart_log_likelihoods_`` (final objective of every start).
+    """
+
+    def __init__(self, n_experts: int, gate: str = "softmax", n_init: int = 5, max_iter: int = 500,
+                 tol: float = 1e-6, init: str = "kmeans", gate_l2: float = 1e-2, alpha: float = 1.0,
+                 gate_steps: int = 3, min_var: float = 1e-6, expert_solver: str = "closed_form",
+                 gradient_steps: int = 200, n_hidden: int = 8, seed: int = 0, device=None):
+        self.n_experts = checks.positive_int("n_experts", n_experts)
+        self.gate = checks.choice("gate", gate, GATES)
+        self.n_init = checks.positive_int("n_init", n_init)
+        self.max_iter = checks.positive_int("max_iter", max_iter)
+        self.tol = checks.finite_float("tol", tol, 0.0)
+        self.init = checks.choice("init", init, INITS)
+        self.gate_l2 = checks.finite_float("gate_l2", gate_l2, 0.0)
+        self.alpha = checks.finite_float("alpha", alpha, 1.0)
+        self.gate_steps = checks.positive_int("gate_steps", gate_steps)
+        self.min_var = checks.finite_float("min_var", min_var, 0.0)
+        self.expert_solver = checks.choice("expert_solver", expert_solver, SOLVERS)
+        self.gradient_steps = checks.positive_int("gradient_steps", gradient_steps)
+        self.n_hidden = checks.positive_int("n_hidden", n_hidden)
+        self.seed = checks.positive_int("seed", seed, minimum=0)
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"MixtureOfLinearExperts(n_experts={self.n_experts}, gate={self.gate!r})"
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, x, y) -> "MixtureOfLinearExperts":
+        """Fit by EM from ``n_init`` starts; keeps the best. Returns self."""
+        x, y = self._inputs(x, y)
+        if x.shape[0] < self.n_experts:
+            raise ValueError(f"x has {x.shape[0]} samples, fewer than n_experts={self.n_experts}")
+        start = time.perf_counter()
+        min_var = self.min_var * y.var().item()
+        runs = [self._fit_once(x, y, min_var, self.seed + i) for i in range(self.n_init)]
+        best = max(runs, key=lambda run: run["history"][-1])
+        self.weights_, self.biases_, self.noise_var_, self.gate_ = best["params"]
+        self.log_likelihood_history_ = best["history"]
+        self.log_likelihood_ = best["history"][-1]
+        self.converged_, self.n_iter_ = best["converged"], len(best["history"])
+        self.restart_log_likelihoods_ = [run["history"][-1] for run in runs]
+        self.fit_seconds_ = time.perf_counter() - start
+        if not self.converged_:
+            warnings.warn(f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
+                          "raise max_iter or tol", em.ConvergenceWarning, stacklevel=2)
+        return self
+
+    def _fit_once(self, x, y, min_var: float, seed: int) -> dict:
+        resp = em.init_responsibilities(x, y, self.n_experts, self.init, seed)
+        if self.gate == "mlp":  # start from a linear-softmax fit: see the class docstring
+            resp = self._em(x, y, resp, "softmax", min_var, seed)["resp"]
+        return self._em(x, y, resp, self.gate, min_var, seed)
+
+    def _em(self, x, y, resp, gate_name: str, min_var: float, seed: int) -> dict:
+        """EM from starting responsibilities until the objective gains less than ``tol``."""
+        gate = self._new_gate(x, gate_name, seed)
+        weight, bias, var = em.m_step_experts(x, y, resp, min_var)
+        history, converged = [], False
+        for _ in range(self.max_iter):
+            gate = em.m_step_gate(gate, x, resp, self.gate_l2, self.alpha, self.gate_steps)
+            resp, log_lik = em.e_step(gate, weight, bias, var, x, y)
+            history.append(log_lik + em.gate_log_prior(gate, self.gate_l2, self.alpha) / x.shape[0])
+            if len(history) > 1 and history[-1] - history[-2] < self.tol:
+                converged = True
+                break
+            if self.expert_solver == "closed_form":
+                weight, bias, var = em.m_step_experts(x, y, resp, min_var)
+            else:
+                weight, bias, var = em.m_step_experts_gradient(x, y, resp, weight, bias, var,
+                                                               self.gradient_steps, min_var=min_var)
+        return {"params": (weight, bias, var, gate), "history": history, "converged": converged,
+                "resp": resp}
+
+    def _new_gate(self, x, name: str, seed: int):
+        shift, scale = standardiser(x)
+        kwargs = {"shift": shift, "scale": scale}
+        if name != "constant":
+            kwargs["generator"] = torch.Generator().manual_seed(seed)
+        if name == "mlp":
+            kwargs["n_hidden"] = self.n_hidden
+        gate = GATES[name](x.shape[1], self.n_experts, **kwargs)
+        return gate.to(dtype=x.dtype, device=x.device)
+
+    # ------------------------------------------------------------------ predicting
+    def gate_probs(self, x) -> torch.Tensor:
+        """g(x): (N, E)."""
+        with torch.no_grad():
+            return self.gate_(self._fitted_inputs(x)).exp()
+
+    def expert_means(self, x) -> torch.Tensor:
+        """Every expert's prediction: (N, E)."""
+        return experts.linear_means(self._fitted_inputs(x), self.weights_, self.biases_)
+
+    def predict(self, x) -> torch.Tensor:
+        """The mixture mean sum_e g_e(x) mu_e(x): (N,)."""
+        x = self._fitted_inputs(x)
+        with torch.no_grad():
+            return mixture.mean(self.gate_(x), self.expert_means(x))
+
+    def log_prob(self, x, y) -> torch.Tensor:
+        """log p(y | x) per sample: (N,)."""
+        x, y = self._fitted_inputs(x, y)
+        with torch.no_grad():
+            return mixture.log_prob(self.gate_(x), self.expert_means(x), self.noise_var_, y)
+
+    def responsibilities(self, x, y) -> torch.Tensor:
+        """Posterior P(expert e | x, y): (N, E). Needs y, so it is not a gate for new inputs."""
+        x, y = self._fitted_inputs(x, y)
+        with torch.no_grad():
+            return mixture.responsibilities(self.gate_(x), self.expert_means(x), self.noise_var_, y)
+
+    def score(self, x, y) -> Scores:
+        """Test MSE of ``predict`` and mean NLL of ``log_prob``."""
+        x, y = self._fitted_inputs(x, y)
+        mean, log_p = self.predict(x), self.log_prob(x, y)
+        return Scores(((y - mean) ** 2).mean().item(), (-log_p).mean().item())
+
+    # ------------------------------------------------------------------ plumbing
+    def _inputs(self, x, y=None):
+        """x as (N, D) and y as (N,) on the fitting device; after fit, in the fitted dtype."""
+        fitted = getattr(self, "weights_", None)
+        x = checks.matrix("x", x, d=None if fitted is None else fitted.shape[1], device=self.device)
+        if fitted is not None:
+            x = x.to(dtype=fitted.dtype, device=fitted.device)
+        if y is None:
+            return x
+        y = checks.vector("y", y, device=x.device).to(x.dtype)
+        checks.same_length(x=x, y=y)
+        return x, y
+
+    def _fitted_inputs(self, x, y=None):
+        if not hasattr(self, "weights_"):
+            raise RuntimeError("this MixtureOfLinearExperts is not fitted yet; call fit(x, y) first")
+        return self._inputs(x, y)
