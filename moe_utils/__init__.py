@@ -23,11 +23,13 @@ Modules:
     gates     gates as nn.Modules returning log-probabilities (constant, softmax, MLP)
     em        the EM steps for a mixture of linear experts, as pure functions
     mole      MixtureOfLinearExperts, the EM estimator built from those steps
+    moe       MixtureOfExperts, an nn.Module for gradient training, and its two losses
+    train     a small training loop (full or mini-batch, early stopping, progress bar)
     metrics   test MSE and NLL
     plots     plotting setup (plotly renderer, colours) and the course's figures
 """
 
-from . import checks, data, em, experts, gates, metrics, mixture, mole, plots, runtime
+from . import checks, data, em, experts, gates, metrics, mixture, moe, mole, plots, runtime, train
 from .metrics import Scores, scores
 from .mole import MixtureOfLinearExperts
 from .runtime import device, seed
@@ -35,4 +37,4 @@ from .runtime import device, seed
 __version__ = "0.1.0"
 
 __all__ = ["MixtureOfLinearExperts", "Scores", "checks", "data", "device", "em", "experts", "gates",
-           "metrics", "mixture", "mole", "plots", "runtime", "scores", "seed"]
+           "metrics", "mixture", "moe", "mole", "plots", "runtime", "scores", "seed", "train"]

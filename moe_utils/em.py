@@ -31,8 +31,8 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from . import experts, mixture
 from .gates import ConstantGate
 
-__all__ = ["ConvergenceWarning", "e_step", "gate_log_prior", "init_responsibilities", "kmeans",
-           "m_step_experts", "m_step_experts_gradient", "m_step_gate"]
+__all__ = ["ConvergenceWarning", "e_step", "fit_softmax", "gate_log_prior", "init_responsibilities",
+           "kmeans", "m_step_experts", "m_step_experts_gradient", "m_step_gate"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -94,7 +94,7 @@ def m_step_gate(gate, x, resp, l2: float = 1e-3, alpha: float = 1.0, steps: int 
             counts = resp.sum(0) + (alpha - 1.0)
             new.logit.copy_(torch.log(counts / counts.sum()) * new.temperature)
         else:
-            _gauss_newton(new, x, resp, l2, steps)
+            fit_softmax(new, x, resp, l2, steps)
     return new
 
 
@@ -104,32 +104,39 @@ def _gate_objective(gate, x, resp, l2: float) -> torch.Tensor:
     return ((resp * gate(x)).sum() - 0.5 * l2 * penalty) / x.shape[0]
 
 
-def _gauss_newton(gate, x, resp, l2: float, steps: int) -> None:
-    """Maximise ``_gate_objective`` in place by Gauss-Newton steps on theta (P,).
+def fit_softmax(module, x, targets, l2: float = 1e-3, steps: int = 10) -> None:
+    """Maximise sum_n sum_c t_nc log softmax(f(x_n))_c - l2/2 |theta|^2 in place, by Gauss-Newton.
 
-    With J = d logits / d theta (N, E, P), p = g(x) and temperature t, the gradient is
-    J^T (r - p) / t - l2 theta and the curvature sum_n J_n^T (diag p_n - p_n p_n^T) J_n / t^2 + l2 I.
+    ``module`` maps x (N, D) to log-probabilities (N, C) and provides ``jacobian(x)``, the
+    derivative of its logits with respect to its parameters, (N, C, P) (every gate does).
+    ``targets`` (N, C) are soft labels whose rows may sum to any weight w_n >= 0, so the same
+    routine fits a gate to responsibilities (w_n = 1) and a classifier to weighted labels.
+    With p = softmax(f(x) / t) (t the temperature), the gradient is J^T (T - w p) / t - l2 theta
+    and the curvature sum_n w_n J_n^T (diag p_n - p_n p_n^T) J_n / t^2 + l2 I: the exact Hessian
+    for a linear-softmax module (Newton's method, IRLS), a Gauss-Newton approximation otherwise.
+    Each step is kept only after a backtracking line search finds an increase.
     """
-    n, t = x.shape[0], gate.temperature
-    eye = None
+    t = module.temperature
+    weight = targets.sum(-1)                                                     # (N,)
     for _ in range(steps):
-        theta = parameters_to_vector(gate.parameters())
-        before = _gate_objective(gate, x, resp, l2)
-        jac, p = gate.jacobian(x) / t, gate(x).exp()                             # (N, E, P), (N, E)
-        grad = torch.einsum("ne,nep->p", resp - p, jac) - l2 * theta
-        pj = torch.einsum("ne,nep->np", p, jac)                                  # (N, P)
-        curv = (torch.einsum("nep,ne,neq->pq", jac, p, jac) - pj.T @ pj).double()   # (P, P)
-        eye = torch.eye(len(theta), dtype=curv.dtype, device=x.device) if eye is None else eye
+        theta = parameters_to_vector(module.parameters())
+        before = _gate_objective(module, x, targets, l2)
+        jac, p = module.jacobian(x) / t, module(x).exp()                         # (N, C, P), (N, C)
+        grad = torch.einsum("nc,ncp->p", targets - weight[:, None] * p, jac) - l2 * theta
+        pj = torch.einsum("nc,ncp->np", p, jac)                                  # (N, P)
+        curv = torch.einsum("ncp,nc,ncq->pq", jac, weight[:, None] * p, jac) - (weight[:, None] * pj).T @ pj
+        curv = curv.double()
+        eye = torch.eye(len(theta), dtype=curv.dtype, device=x.device)
         damping = l2 + 1e-9 * curv.diagonal().max().item()  # keeps the solve well posed
         step = torch.linalg.solve(curv + damping * eye, grad.double()).to(theta.dtype)
         for scale in 0.5 ** torch.arange(30):
-            vector_to_parameters(theta + scale * step, gate.parameters())
-            if _gate_objective(gate, x, resp, l2) >= before:
+            vector_to_parameters(theta + scale * step, module.parameters())
+            if _gate_objective(module, x, targets, l2) >= before:
                 break
         else:  # no step helps: at the optimum, to rounding
-            vector_to_parameters(theta, gate.parameters())
+            vector_to_parameters(theta, module.parameters())
             return
-        if grad.abs().max() < 1e-10 * n:
+        if grad.abs().max() < 1e-10 * x.shape[0]:
             return
 
 

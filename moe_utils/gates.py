@@ -7,14 +7,19 @@ M-steps for them live in ``em``) and gradient training (chapter 3 on).
 - ``ConstantGate``: mixing weights that do not depend on x (a plain mixture of regressions).
 - ``SoftmaxGate``: a linear-softmax gate, log softmax((x W^T + b) / temperature).
 - ``MLPGate``: a one-hidden-layer tanh network followed by a softmax.
+- ``GumbelGate``: wraps any of them and, in training, samples its choice with the
+  Gumbel-softmax trick (soft, or hard with straight-through gradients); in ``eval()`` it is
+  deterministic.
 
 Inputs are standardised inside the gate with a fixed ``shift`` and ``scale`` (buffers), so that
 its weights, and the Gaussian prior on them, mean the same for any units of x.
 
 >>> import torch, moe_utils as mu
 >>> gate = mu.gates.SoftmaxGate(n_inputs=1, n_experts=3)
->>> gate(torch.zeros(5, 1)).exp().sum(-1)
-tensor([1., 1., 1., 1., 1.], grad_fn=<SumBackward1>)
+>>> gate(torch.zeros(5, 1)).shape
+torch.Size([5, 3])
+>>> torch.allclose(gate(torch.zeros(5, 1)).exp().sum(-1), torch.ones(5))
+True
 """
 
 import math
@@ -24,7 +29,7 @@ from torch import nn
 
 from . import checks
 
-__all__ = ["ConstantGate", "MLPGate", "SoftmaxGate", "standardiser"]
+__all__ = ["ConstantGate", "GumbelGate", "MLPGate", "SoftmaxGate", "standardiser"]
 
 
 def standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +73,11 @@ class _Gate(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log g(x): (N, E)."""
         return torch.log_softmax(self.logits(x) / self.temperature, dim=-1)
+
+    def mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log g(x), the mixing weights a mixture multiplies its experts by), both (N, E)."""
+        log_g = self(x)
+        return log_g, log_g.exp()
 
 
 class ConstantGate(_Gate):
@@ -128,3 +138,59 @@ class MLPGate(_Gate):
         eye = torch.eye(self.n_experts, dtype=x.dtype, device=x.device)
         d_w2 = eye[None, :, :, None] * hidden[:, None, None, :]         # (N, E, E, H)
         return torch.cat([d_w1.flatten(2), d_b1, d_w2.flatten(2), eye.expand(x.shape[0], -1, -1)], dim=2)
+
+
+class GumbelGate(nn.Module):
+    """Gumbel-softmax gating around a ``base`` gate (Jang et al., 2017; Maddison et al., 2017).
+
+    In training, with Gumbel noise G_e = -log(-log U_e), U_e ~ U(0, 1):
+
+        soft sample  w = softmax((logits + G) / tau)
+        hard sample  w = one_hot(argmax(logits + G)), with the gradient of the soft sample
+                     (straight-through: w_hard - w_soft.detach() + w_soft)
+
+    In ``eval()`` mode it never samples: ``eval_mode="argmax"`` picks the most probable expert
+    (one-hot), ``"softmax"`` returns the mean gate softmax(logits / base temperature).
+    ``tau`` > 0 can be changed between epochs (annealing). ``forward`` returns log-probabilities
+    (N, E) of the soft weights; ``mix`` returns them with the weights a mixture should use.
+    """
+
+    def __init__(self, base: _Gate, tau: float = 1.0, hard: bool = False, eval_mode: str = "argmax",
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.base, self.hard, self.generator = base, bool(hard), generator
+        self.tau = tau
+        self.eval_mode = checks.choice("eval_mode", eval_mode, ("argmax", "softmax"))
+        self.n_experts, self.n_inputs = base.n_experts, base.n_inputs
+
+    @property
+    def tau(self) -> float:
+        return self._tau
+
+    @tau.setter
+    def tau(self, value: float) -> None:
+        self._tau = checks.finite_float("tau", value, 0.0, low_open=True)
+
+    def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
+        tiny = torch.finfo(like.dtype).tiny
+        return -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny)).to(like.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """log-probabilities of the soft sample (training) or of the deterministic gate (eval)."""
+        logits = self.base.logits(x)
+        if not self.training:
+            return self.base(x) if self.eval_mode == "softmax" else torch.log(self._one_hot(logits))
+        return torch.log_softmax((logits + self._noise(logits)) / self.tau, dim=-1)
+
+    def mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log-probabilities, mixing weights) from one draw of the noise, both (N, E)."""
+        log_soft = self(x)
+        soft = log_soft.exp()
+        if not (self.training and self.hard):
+            return log_soft, soft
+        return log_soft, self._one_hot(soft) - soft.detach() + soft  # straight-through
+
+    @staticmethod
+    def _one_hot(scores: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)

@@ -12,7 +12,7 @@ Gates are passed as log-probabilities ``log_gates`` (N, E) and everything is com
 >>> means, var = torch.tensor([[0.0, 1.0]]), torch.tensor([0.01, 0.01])
 >>> mu.mixture.mean(log_gates, means)
 tensor([0.5000])
->>> mu.mixture.responsibilities(log_gates, means, var, torch.tensor([0.9]))
+>>> mu.mixture.responsibilities(log_gates, means, var, torch.tensor([0.9])).round(decimals=3)
 tensor([[0., 1.]])
 """
 

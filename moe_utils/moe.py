@@ -1,0 +1,137 @@
+"""A mixture-of-experts ``nn.Module`` for gradient training, and the two losses of Jacobs et al.
+
+    p(y | x) = sum_e w_e(x) N(y; f_e(x), diag(sigma_e^2))
+
+with stacked experts f (``experts.LinearExperts`` or ``experts.MLPExperts``: x (N, D) to
+(N, E, O)), any gate from ``gates`` (the weights w (N, E) of its ``mix``), and a learned log noise
+variance per expert and output, ``log_var`` (E, O).
+
+The two losses (Jacobs, Jordan, Nowlan and Hinton, 1991):
+
+- ``cooperative_loss``: the squared error of the blended prediction sum_e w_e f_e. The experts
+  are trained as one sum, so each one's error can be cancelled by another's: they cooperate.
+- ``competitive_loss``: the negative log-likelihood of the mixture, -log sum_e w_e N(y; f_e, s_e).
+  Each sample's gradient goes mostly to the experts that explain it: they compete, and specialise.
+
+>>> import torch, moe_utils as mu
+>>> model = mu.moe.MixtureOfExperts.linear(n_inputs=1, n_outputs=1, n_experts=3)
+>>> out = model(torch.zeros(5, 1))
+>>> out.means.shape, out.weights.shape, out.mean.shape
+(torch.Size([5, 3, 1]), torch.Size([5, 3]), torch.Size([5, 1]))
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import checks
+from .experts import LinearExperts, MLPExperts
+from .gates import GumbelGate, MLPGate, SoftmaxGate
+
+__all__ = ["MixtureOfExperts", "Output", "competitive_loss", "cooperative_loss"]
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class Output(NamedTuple):
+    """What a forward pass returns; N samples, E experts, O outputs."""
+
+    means: torch.Tensor      # (N, E, O) every expert's prediction
+    log_gates: torch.Tensor  # (N, E) the gate's log-probabilities
+    weights: torch.Tensor    # (N, E) the mixing weights used (a sample, for a Gumbel gate)
+    mean: torch.Tensor       # (N, O) the mixture's prediction sum_e w_e f_e
+    log_var: torch.Tensor    # (E, O) the experts' log noise variances
+
+
+class MixtureOfExperts(nn.Module):
+    """Stacked experts, a gate and a learned noise variance per expert and output."""
+
+    def __init__(self, experts: nn.Module, gate: nn.Module, n_outputs: int, init_log_var: float = 0.0):
+        super().__init__()
+        self.experts, self.gate = experts, gate
+        self.n_experts = gate.n_experts
+        self.log_var = nn.Parameter(torch.full((self.n_experts, checks.positive_int("n_outputs", n_outputs)),
+                                               float(init_log_var)))
+
+    @classmethod
+    def linear(cls, n_inputs: int, n_outputs: int, n_experts: int, gate: str = "softmax", n_hidden: int = 16,
+               temperature: float = 1.0, tau: float = 1.0, hard: bool = False, eval_mode: str = "argmax",
+               seed: int = 0, shift=None, scale=None) -> "MixtureOfExperts":
+        """Linear experts with a ``"softmax"``, ``"mlp"``, ``"gumbel"`` (around a linear-softmax)
+        or ``"gumbel_mlp"`` gate; every parameter is drawn from ``seed``."""
+        gen = torch.Generator().manual_seed(seed)
+        return cls(LinearExperts(n_inputs, n_outputs, n_experts, generator=gen),
+                   _gate(gate, n_inputs, n_experts, n_hidden, temperature, tau, hard, eval_mode, gen, shift, scale),
+                   n_outputs)
+
+    @classmethod
+    def mlp(cls, n_inputs: int, n_outputs: int, n_experts: int, n_hidden: int = 16, gate: str = "softmax",
+            gate_hidden: int = 16, temperature: float = 1.0, tau: float = 1.0, hard: bool = False,
+            eval_mode: str = "argmax", seed: int = 0, shift=None, scale=None) -> "MixtureOfExperts":
+        """Small tanh-network experts (``n_hidden`` units each) with the same gates as ``linear``."""
+        gen = torch.Generator().manual_seed(seed)
+        return cls(MLPExperts(n_inputs, n_hidden, n_outputs, n_experts, generator=gen),
+                   _gate(gate, n_inputs, n_experts, gate_hidden, temperature, tau, hard, eval_mode, gen, shift, scale),
+                   n_outputs)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        """x (N, D) -> ``Output``."""
+        x = _as_inputs(x, self.gate.n_inputs)
+        means = self.experts(x)                                   # (N, E, O)
+        log_gates, weights = self.gate.mix(x)                     # (N, E), (N, E)
+        mean = torch.einsum("ne,neo->no", weights, means)
+        return Output(means, log_gates, weights, mean, self.log_var)
+
+    def log_prob(self, x: torch.Tensor, y: torch.Tensor, out: Output | None = None) -> torch.Tensor:
+        """log p(y | x) of the mixture, per sample: (N,). y is (N, O) or (N,) when O = 1."""
+        out = self(x) if out is None else out
+        return _mixture_log_prob(out, _as_targets(y, out.mean))
+
+
+def cooperative_loss(out: Output, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of the blended prediction: mean over samples and outputs."""
+    return ((out.mean - _as_targets(y, out.mean)) ** 2).mean()
+
+
+def competitive_loss(out: Output, y: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of the mixture, per sample (nats): -mean log p(y | x)."""
+    return -_mixture_log_prob(out, _as_targets(y, out.mean)).mean()
+
+
+def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
+    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), stable for weights that are exactly 0.
+
+    Written as max + log sum_e w_e exp(l_e - max) rather than logsumexp(log w + l), so that
+    hard (straight-through) weights, which contain exact zeros, still pass gradients.
+    """
+    var = out.log_var.exp()                                                   # (E, O)
+    log_n = -0.5 * (((y[:, None, :] - out.means) ** 2) / var + out.log_var + _LOG_2PI).sum(-1)  # (N, E)
+    top = log_n.max(-1, keepdim=True).values.detach()
+    total = (out.weights * torch.exp(log_n - top)).sum(-1)
+    return torch.log(total.clamp_min(torch.finfo(total.dtype).tiny)) + top[:, 0]
+
+
+def _gate(name, n_inputs, n_experts, n_hidden, temperature, tau, hard, eval_mode, gen, shift, scale):
+    name = checks.choice("gate", name, ("softmax", "mlp", "gumbel", "gumbel_mlp"))
+    kwargs = {"temperature": temperature, "generator": gen, "shift": shift, "scale": scale}
+    base = (MLPGate(n_inputs, n_experts, n_hidden=n_hidden, **kwargs) if name.endswith("mlp")
+            else SoftmaxGate(n_inputs, n_experts, **kwargs))
+    return GumbelGate(base, tau=tau, hard=hard, eval_mode=eval_mode, generator=gen) if name.startswith("gumbel") else base
+
+
+def _as_inputs(x: torch.Tensor, n_inputs: int) -> torch.Tensor:
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    x = x[:, None] if x.ndim == 1 else x
+    if x.ndim != 2 or x.shape[1] != n_inputs:
+        raise ValueError(f"x must have shape (N, {n_inputs}) (or (N,) for one input), got {tuple(x.shape)}")
+    return x
+
+
+def _as_targets(y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    y = y[:, None] if y.ndim == 1 else y
+    if y.shape != mean.shape:
+        raise ValueError(f"y must have shape {tuple(mean.shape)} (or (N,) for one output), got {tuple(y.shape)}")
+    return y

@@ -1,0 +1,107 @@
+"""A small training loop shared by the gradient-trained chapters.
+
+``fit(model, loss, x, y)`` runs full-batch or mini-batch training with any optimiser, keeps
+the parameters with the best held-out loss when a validation split is given (early stopping),
+shows a ``tqdm`` progress bar, and returns the loss history. ``loss(model, x, y)`` returns a
+scalar tensor, for example ``lambda m, x, y: mu.moe.competitive_loss(m(x), y)``.
+
+>>> import torch, moe_utils as mu
+>>> x = torch.linspace(-1, 1, 64)[:, None]
+>>> model = mu.moe.MixtureOfExperts.linear(1, 1, 2)
+>>> history = mu.train.fit(model, lambda m, x, y: mu.moe.cooperative_loss(m(x), y), x, 2 * x,
+...                        epochs=50, progress=False)
+>>> len(history.loss)
+50
+"""
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from . import checks
+
+__all__ = ["History", "anneal", "fit"]
+
+
+@dataclass
+class History:
+    """Per-epoch training loss, and validation loss when a validation split was given."""
+
+    loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    best_epoch: int | None = None  # the epoch whose parameters were kept (early stopping)
+    seconds: float = 0.0
+
+
+def anneal(start: float, end: float, epochs: int) -> Callable[[int], float]:
+    """A geometric schedule from ``start`` at epoch 0 to ``end`` at the last epoch."""
+    start = checks.finite_float("start", start, 0.0, low_open=True)
+    end = checks.finite_float("end", end, 0.0, low_open=True)
+    epochs = checks.positive_int("epochs", epochs)
+    return lambda epoch: start * (end / start) ** (min(epoch, epochs - 1) / max(epochs - 1, 1))
+
+
+def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1000,
+        lr: float = 0.01, optimizer: Callable | None = None, batch_size: int | None = None,
+        x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None, patience: int | None = None,
+        callback: Callable[[int, torch.nn.Module], None] | None = None, seed: int = 0,
+        progress: bool = True, desc: str = "training") -> History:
+    """Train ``model`` on (x, y); returns a ``History``.
+
+    optimizer : a function of the parameters that returns a ``torch.optim.Optimizer``
+        (default: Adam with learning rate ``lr``).
+    batch_size : ``None`` for full-batch steps, else mini-batches in a seeded random order.
+    x_val, y_val, patience : a held-out split; the parameters with the lowest validation loss are
+        restored at the end, and training stops after ``patience`` epochs without improvement.
+    callback : called as ``callback(epoch, model)`` before every epoch (e.g. to anneal a
+        temperature).
+    """
+    epochs = checks.positive_int("epochs", epochs)
+    n = checks.same_length(x=x, y=y)
+    if (x_val is None) != (y_val is None):
+        raise ValueError("x_val and y_val must be given together")
+    if patience is not None and x_val is None:
+        raise ValueError("patience needs a validation split (x_val, y_val)")
+    batch = n if batch_size is None else checks.positive_int("batch_size", batch_size)
+    opt = optimizer(model.parameters()) if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    history, best_state, best_val, waited = History(), None, math.inf, 0
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    t0 = time.perf_counter()
+    for epoch in bar:
+        if callback is not None:
+            callback(epoch, model)
+        model.train()
+        order = torch.randperm(n, generator=gen).to(x.device) if batch < n else None
+        total = 0.0
+        for i in range(0, n, batch):
+            idx = order[i:i + batch] if order is not None else slice(None)
+            opt.zero_grad()
+            value = loss(model, x[idx], y[idx])
+            value.backward()
+            opt.step()
+            total += value.item() * (min(batch, n - i))
+        history.loss.append(total / n)
+        if x_val is not None:
+            model.eval()
+            with torch.no_grad():
+                val = loss(model, x_val, y_val).item()
+            history.val_loss.append(val)
+            if val < best_val:
+                best_val, best_state, history.best_epoch, waited = val, copy.deepcopy(model.state_dict()), epoch, 0
+            else:
+                waited += 1
+            if patience is not None and waited > patience:
+                break
+        if progress and epoch % 25 == 0:
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - t0
+    return history
