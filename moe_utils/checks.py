@@ -14,6 +14,8 @@ import torch
 __all__ = [
     "choice",
     "finite_float",
+    "inputs",
+    "labels",
     "matrix",
     "positive_int",
     "same_length",
@@ -72,6 +74,17 @@ def matrix(name: str, value, d: int | None = None, **kw) -> torch.Tensor:
     return t
 
 
+def inputs(x, d: int) -> torch.Tensor:
+    """A model's input batch: a tensor (N, d), or (N,) when d = 1. No copy and no NaN scan, so
+    that it is cheap in a training loop; autograd and the tensor's device are kept."""
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+    x = x[:, None] if x.ndim == 1 and d == 1 else x
+    if x.ndim != 2 or x.shape[1] != d:
+        raise ValueError(f"x must have shape (N, {d})" + (" or (N,)" if d == 1 else "") + f", got {tuple(x.shape)}")
+    return x
+
+
 def same_length(**arrays: torch.Tensor) -> int:
     """The common first dimension N of the named tensors; raises if they disagree."""
     lengths = {name: a.shape[0] for name, a in arrays.items()}
@@ -79,6 +92,15 @@ def same_length(**arrays: torch.Tensor) -> int:
         listed = ", ".join(f"{k} has {v}" for k, v in lengths.items())
         raise ValueError(f"inputs must have the same number of samples: {listed}")
     return next(iter(lengths.values()))
+
+
+def labels(name: str, value, n_classes: int, n: int | None = None, device=None) -> torch.Tensor:
+    """Class labels as a long tensor (N,); each must be an integer in {0, ..., n_classes - 1}."""
+    t = vector(name, value, n=n, device=device)
+    if not ((t == t.round()) & (t >= 0) & (t < n_classes)).all():
+        bad = t[(t != t.round()) | (t < 0) | (t >= n_classes)][0].item()
+        raise ValueError(f"{name} must hold class labels in {{0, ..., {n_classes - 1}}}, got {bad:g}")
+    return t.long()
 
 
 def positive_int(name: str, value, minimum: int = 1) -> int:

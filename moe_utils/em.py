@@ -24,6 +24,10 @@ Shapes: x (N, D), y (N,), resp (N, E), weight (E, D), bias (E,), var (E,).
 """
 
 import copy
+import time
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
@@ -31,8 +35,9 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from . import experts, mixture
 from .gates import ConstantGate
 
-__all__ = ["ConvergenceWarning", "e_step", "fit_softmax", "gate_log_prior", "init_responsibilities",
-           "kmeans", "m_step_experts", "m_step_experts_gradient", "m_step_gate"]
+__all__ = ["ConvergenceWarning", "EMEstimator", "Run", "e_step", "fit_softmax", "gate_log_prior",
+           "init_responsibilities", "iterate", "kmeans", "m_step_experts", "m_step_experts_gradient",
+           "m_step_gate"]
 
 
 class ConvergenceWarning(UserWarning):
@@ -124,8 +129,8 @@ def fit_softmax(module, x, targets, l2: float = 1e-3, steps: int = 10) -> None:
         jac, p = module.jacobian(x) / t, module(x).exp()                         # (N, C, P), (N, C)
         grad = torch.einsum("nc,ncp->p", targets - weight[:, None] * p, jac) - l2 * theta
         pj = torch.einsum("nc,ncp->np", p, jac)                                  # (N, P)
-        curv = torch.einsum("ncp,nc,ncq->pq", jac, weight[:, None] * p, jac) - (weight[:, None] * pj).T @ pj
-        curv = curv.double()
+        weighted = (weight[:, None] * p)[:, :, None] * jac                       # (N, C, P)
+        curv = (weighted.flatten(0, 1).T @ jac.flatten(0, 1) - (weight[:, None] * pj).T @ pj).double()
         eye = torch.eye(len(theta), dtype=curv.dtype, device=x.device)
         damping = l2 + 1e-9 * curv.diagonal().max().item()  # keeps the solve well posed
         step = torch.linalg.solve(curv + damping * eye, grad.double()).to(theta.dtype)
@@ -174,3 +179,60 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, steps: int 
             if (label == c).any():
                 centres[c] = points[label == c].mean(0)
     return torch.cdist(points, centres).argmin(1)
+
+
+class Run(NamedTuple):
+    """One EM run: its final state, its objective per iteration, and whether it converged."""
+
+    state: tuple
+    history: list[float]
+    converged: bool
+
+
+def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter: int, tol: float) -> Run:
+    """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``."""
+    history = []
+    for _ in range(max_iter):
+        state, objective = step(state)
+        history.append(objective)
+        if len(history) > 1 and history[-1] - history[-2] < tol:
+            return Run(state, history, True)
+    return Run(state, history, False)
+
+
+class EMEstimator:
+    """What every EM estimator of the course shares: ``n_init`` starts, keep the best, report.
+
+    A subclass sets ``n_experts``, ``n_init``, ``max_iter``, ``tol`` and ``seed``, and defines
+    ``_inputs(x, y)`` (checked tensors), ``_fit_once(x, y, seed) -> Run`` and
+    ``_keep(state)`` (stores the fitted parameters of the best run's final state).
+    """
+
+    def fit(self, x, y):
+        """Fit by EM from ``n_init`` starts (start i uses ``seed + i``); keep the best. Returns self."""
+        self._forget()
+        x, y = self._inputs(x, y)
+        if x.shape[0] < self.n_experts:
+            raise ValueError(f"x has {x.shape[0]} samples, fewer than n_experts={self.n_experts}")
+        start = time.perf_counter()
+        runs = [self._fit_once(x, y, self.seed + i) for i in range(self.n_init)]
+        best = max(runs, key=lambda run: run.history[-1])
+        self._keep(best.state)
+        self.log_likelihood_history_, self.log_likelihood_ = best.history, best.history[-1]
+        self.converged_, self.n_iter_ = best.converged, len(best.history)
+        self.restart_log_likelihoods_ = [run.history[-1] for run in runs]
+        self.fit_seconds_ = time.perf_counter() - start
+        if not self.converged_:
+            warnings.warn(f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
+                          "raise max_iter or tol", ConvergenceWarning, stacklevel=2)
+        return self
+
+    def _forget(self) -> None:
+        """Drop fitted attributes, so that a refit may change the number of features."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
+            delattr(self, name)
+
+    def _fitted_inputs(self, x, y=None):
+        if not hasattr(self, "log_likelihood_"):
+            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")
+        return self._inputs(x, y)

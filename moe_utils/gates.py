@@ -29,7 +29,7 @@ from torch import nn
 
 from . import checks
 
-__all__ = ["ConstantGate", "GumbelGate", "MLPGate", "SoftmaxGate", "standardiser"]
+__all__ = ["GATES", "ConstantGate", "GumbelGate", "MLPGate", "SoftmaxGate", "make", "standardiser"]
 
 
 def standardiser(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,7 +174,8 @@ class GumbelGate(nn.Module):
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         u = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
         tiny = torch.finfo(like.dtype).tiny
-        return -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny)).to(like.device)
+        exponential = (-torch.log(u.clamp_min(tiny))).clamp_min(tiny)  # Exp(1), never 0
+        return -torch.log(exponential).to(like.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log-probabilities of the soft sample (training) or of the deterministic gate (eval)."""
@@ -194,3 +195,28 @@ class GumbelGate(nn.Module):
     @staticmethod
     def _one_hot(scores: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).to(scores.dtype)
+
+
+GATES = ("constant", "softmax", "mlp", "gumbel", "gumbel_mlp")
+
+
+def make(name: str, n_inputs: int, n_experts: int, *, n_hidden: int = 8, temperature: float = 1.0,
+         tau: float = 1.0, hard: bool = False, eval_mode: str = "argmax", generator=None,
+         shift=None, scale=None) -> nn.Module:
+    """A gate by name: ``"constant"``, ``"softmax"``, ``"mlp"`` (``n_hidden`` units), or a
+    ``GumbelGate`` around a linear-softmax (``"gumbel"``) or MLP (``"gumbel_mlp"``) gate.
+
+    ``generator`` draws the initial weights (and the Gumbel noise); ``shift`` and ``scale``
+    standardise the inputs (see ``standardiser``).
+    """
+    name = checks.choice("gate", name, GATES)
+    kwargs = {"temperature": temperature, "shift": shift, "scale": scale}
+    if name == "constant":
+        return ConstantGate(n_inputs, n_experts, **kwargs)
+    if name.endswith("mlp"):
+        base = MLPGate(n_inputs, n_experts, n_hidden=n_hidden, generator=generator, **kwargs)
+    else:
+        base = SoftmaxGate(n_inputs, n_experts, generator=generator, **kwargs)
+    if name.startswith("gumbel"):
+        return GumbelGate(base, tau=tau, hard=hard, eval_mode=eval_mode, generator=generator)
+    return base

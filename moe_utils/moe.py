@@ -26,11 +26,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from . import checks
+from . import checks, em, gates
 from .experts import LinearExperts, MLPExperts
-from .gates import GumbelGate, MLPGate, SoftmaxGate
+from .gates import GumbelGate
 
-__all__ = ["MixtureOfExperts", "Output", "competitive_loss", "cooperative_loss"]
+__all__ = ["MixtureOfExperts", "Output", "competitive_loss", "cooperative_loss", "init_from_responsibilities"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -56,29 +56,26 @@ class MixtureOfExperts(nn.Module):
                                                float(init_log_var)))
 
     @classmethod
-    def linear(cls, n_inputs: int, n_outputs: int, n_experts: int, gate: str = "softmax", n_hidden: int = 16,
-               temperature: float = 1.0, tau: float = 1.0, hard: bool = False, eval_mode: str = "argmax",
-               seed: int = 0, shift=None, scale=None) -> "MixtureOfExperts":
-        """Linear experts with a ``"softmax"``, ``"mlp"``, ``"gumbel"`` (around a linear-softmax)
-        or ``"gumbel_mlp"`` gate; every parameter is drawn from ``seed``."""
-        gen = torch.Generator().manual_seed(seed)
-        return cls(LinearExperts(n_inputs, n_outputs, n_experts, generator=gen),
-                   _gate(gate, n_inputs, n_experts, n_hidden, temperature, tau, hard, eval_mode, gen, shift, scale),
-                   n_outputs)
+    def linear(cls, n_inputs: int, n_outputs: int, n_experts: int, gate: str = "softmax", seed: int = 0,
+               **gate_kwargs) -> "MixtureOfExperts":
+        """Linear experts and a gate by name (see ``gates.make``, whose keyword arguments, such
+        as ``n_hidden``, ``temperature``, ``tau``, ``hard``, ``shift``, pass through); every
+        parameter is drawn from ``seed``."""
+        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        experts = LinearExperts(n_inputs, n_outputs, n_experts, generator=gen)
+        return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
 
     @classmethod
-    def mlp(cls, n_inputs: int, n_outputs: int, n_experts: int, n_hidden: int = 16, gate: str = "softmax",
-            gate_hidden: int = 16, temperature: float = 1.0, tau: float = 1.0, hard: bool = False,
-            eval_mode: str = "argmax", seed: int = 0, shift=None, scale=None) -> "MixtureOfExperts":
-        """Small tanh-network experts (``n_hidden`` units each) with the same gates as ``linear``."""
-        gen = torch.Generator().manual_seed(seed)
-        return cls(MLPExperts(n_inputs, n_hidden, n_outputs, n_experts, generator=gen),
-                   _gate(gate, n_inputs, n_experts, gate_hidden, temperature, tau, hard, eval_mode, gen, shift, scale),
-                   n_outputs)
+    def mlp(cls, n_inputs: int, n_outputs: int, n_experts: int, expert_hidden: int = 16, gate: str = "softmax",
+            seed: int = 0, **gate_kwargs) -> "MixtureOfExperts":
+        """Small tanh-network experts (``expert_hidden`` units each) and a gate, as ``linear``."""
+        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        experts = MLPExperts(n_inputs, expert_hidden, n_outputs, n_experts, generator=gen)
+        return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
 
     def forward(self, x: torch.Tensor) -> Output:
         """x (N, D) -> ``Output``."""
-        x = _as_inputs(x, self.gate.n_inputs)
+        x = checks.inputs(x, self.gate.n_inputs)
         means = self.experts(x)                                   # (N, E, O)
         log_gates, weights = self.gate.mix(x)                     # (N, E), (N, E)
         mean = torch.einsum("ne,neo->no", weights, means)
@@ -100,6 +97,26 @@ def competitive_loss(out: Output, y: torch.Tensor) -> torch.Tensor:
     return -_mixture_log_prob(out, _as_targets(y, out.mean)).mean()
 
 
+def init_from_responsibilities(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor,
+                               l2: float = 1e-2, steps: int = 10) -> MixtureOfExperts:
+    """Start gradient training where EM would start: one M-step from responsibilities, in place.
+
+    The linear experts and their noise variances get the closed-form M-step of ``em``, the
+    gate is fitted to ``resp`` by ``em.fit_softmax``. x (N, D), y (N,), resp (N, E) (for
+    example ``em.init_responsibilities(x, y, E, "kmeans")``). Returns ``model``.
+    """
+    if not isinstance(model.experts, LinearExperts) or model.log_var.shape[1] != 1:
+        raise TypeError("init_from_responsibilities needs LinearExperts with one output")
+    gate = model.gate.base if isinstance(model.gate, GumbelGate) else model.gate
+    with torch.no_grad():
+        weight, bias, var = em.m_step_experts(x, y, resp, min_var=1e-6 * y.var().item())
+        model.experts.weight.copy_(weight[:, :, None])
+        model.experts.bias.copy_(bias[:, None])
+        model.log_var.copy_(var.log()[:, None])
+        em.fit_softmax(gate, x, resp, l2=l2, steps=steps)
+    return model
+
+
 def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
     """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), stable for weights that are exactly 0.
 
@@ -111,23 +128,6 @@ def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
     top = log_n.max(-1, keepdim=True).values.detach()
     total = (out.weights * torch.exp(log_n - top)).sum(-1)
     return torch.log(total.clamp_min(torch.finfo(total.dtype).tiny)) + top[:, 0]
-
-
-def _gate(name, n_inputs, n_experts, n_hidden, temperature, tau, hard, eval_mode, gen, shift, scale):
-    name = checks.choice("gate", name, ("softmax", "mlp", "gumbel", "gumbel_mlp"))
-    kwargs = {"temperature": temperature, "generator": gen, "shift": shift, "scale": scale}
-    base = (MLPGate(n_inputs, n_experts, n_hidden=n_hidden, **kwargs) if name.endswith("mlp")
-            else SoftmaxGate(n_inputs, n_experts, **kwargs))
-    return GumbelGate(base, tau=tau, hard=hard, eval_mode=eval_mode, generator=gen) if name.startswith("gumbel") else base
-
-
-def _as_inputs(x: torch.Tensor, n_inputs: int) -> torch.Tensor:
-    if not torch.is_tensor(x):
-        raise TypeError(f"x must be a tensor, got {type(x).__name__}")
-    x = x[:, None] if x.ndim == 1 else x
-    if x.ndim != 2 or x.shape[1] != n_inputs:
-        raise ValueError(f"x must have shape (N, {n_inputs}) (or (N,) for one input), got {tuple(x.shape)}")
-    return x
 
 
 def _as_targets(y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

@@ -14,23 +14,20 @@ from ``n_init`` starts, keeping the best. Shapes: x (N,) or (N, D); y (N,) or (N
 torch.Size([1000])
 """
 
-import time
-import warnings
-
 import torch
 
-from . import checks, em, experts, mixture
-from .gates import ConstantGate, MLPGate, SoftmaxGate, standardiser
+from . import checks, em, experts, gates, mixture
+from .gates import standardiser
 from .metrics import Scores
 
 __all__ = ["GATES", "MixtureOfLinearExperts"]
 
-GATES = {"softmax": SoftmaxGate, "mlp": MLPGate, "constant": ConstantGate}
+GATES = ("softmax", "mlp", "constant")  # the gates EM can fit
 INITS = ("kmeans", "kmeans_xy", "random")
 SOLVERS = ("closed_form", "gradient")
 
 
-class MixtureOfLinearExperts:
+class MixtureOfLinearExperts(em.EMEstimator):
     """A mixture of E linear experts with Gaussian noise and a gate, fitted by EM.
 
     Parameters
@@ -83,61 +80,35 @@ class MixtureOfLinearExperts:
         return f"MixtureOfLinearExperts(n_experts={self.n_experts}, gate={self.gate!r})"
 
     # ------------------------------------------------------------------ fitting
-    def fit(self, x, y) -> "MixtureOfLinearExperts":
-        """Fit by EM from ``n_init`` starts; keeps the best. Returns self."""
-        x, y = self._inputs(x, y)
-        if x.shape[0] < self.n_experts:
-            raise ValueError(f"x has {x.shape[0]} samples, fewer than n_experts={self.n_experts}")
-        start = time.perf_counter()
-        min_var = self.min_var * y.var().item()
-        runs = [self._fit_once(x, y, min_var, self.seed + i) for i in range(self.n_init)]
-        best = max(runs, key=lambda run: run["history"][-1])
-        self.weights_, self.biases_, self.noise_var_, self.gate_ = best["params"]
-        self.log_likelihood_history_ = best["history"]
-        self.log_likelihood_ = best["history"][-1]
-        self.converged_, self.n_iter_ = best["converged"], len(best["history"])
-        self.restart_log_likelihoods_ = [run["history"][-1] for run in runs]
-        self.fit_seconds_ = time.perf_counter() - start
-        if not self.converged_:
-            warnings.warn(f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
-                          "raise max_iter or tol", em.ConvergenceWarning, stacklevel=2)
-        return self
-
-    def _fit_once(self, x, y, min_var: float, seed: int) -> dict:
+    def _fit_once(self, x, y, seed: int) -> em.Run:
         resp = em.init_responsibilities(x, y, self.n_experts, self.init, seed)
         if self.gate == "mlp":  # start from a linear-softmax fit: see the class docstring
-            resp = self._em(x, y, resp, "softmax", min_var, seed)["resp"]
-        return self._em(x, y, resp, self.gate, min_var, seed)
+            resp = self._em(x, y, resp, "softmax", seed).state[-1]
+        return self._em(x, y, resp, self.gate, seed)
 
-    def _em(self, x, y, resp, gate_name: str, min_var: float, seed: int) -> dict:
-        """EM from starting responsibilities until the objective gains less than ``tol``."""
-        gate = self._new_gate(x, gate_name, seed)
-        weight, bias, var = em.m_step_experts(x, y, resp, min_var)
-        history, converged = [], False
-        for _ in range(self.max_iter):
-            gate = em.m_step_gate(gate, x, resp, self.gate_l2, self.alpha, self.gate_steps)
-            resp, log_lik = em.e_step(gate, weight, bias, var, x, y)
-            history.append(log_lik + em.gate_log_prior(gate, self.gate_l2, self.alpha) / x.shape[0])
-            if len(history) > 1 and history[-1] - history[-2] < self.tol:
-                converged = True
-                break
-            if self.expert_solver == "closed_form":
+    def _em(self, x, y, resp, gate_name: str, seed: int) -> em.Run:
+        """EM from starting responsibilities; the state is (gate, weight, bias, var, resp)."""
+        min_var = self.min_var * y.var().item()
+        shift, scale = standardiser(x)
+        gate = gates.make(gate_name, x.shape[1], self.n_experts, n_hidden=self.n_hidden, shift=shift,
+                          scale=scale, generator=torch.Generator().manual_seed(seed)).to(x)
+
+        def step(state):
+            gate, weight, bias, var, resp = state
+            if self.expert_solver == "closed_form" or weight is None:
                 weight, bias, var = em.m_step_experts(x, y, resp, min_var)
             else:
                 weight, bias, var = em.m_step_experts_gradient(x, y, resp, weight, bias, var,
                                                                self.gradient_steps, min_var=min_var)
-        return {"params": (weight, bias, var, gate), "history": history, "converged": converged,
-                "resp": resp}
+            gate = em.m_step_gate(gate, x, resp, self.gate_l2, self.alpha, self.gate_steps)
+            resp, log_lik = em.e_step(gate, weight, bias, var, x, y)
+            objective = log_lik + em.gate_log_prior(gate, self.gate_l2, self.alpha) / x.shape[0]
+            return (gate, weight, bias, var, resp), objective
 
-    def _new_gate(self, x, name: str, seed: int):
-        shift, scale = standardiser(x)
-        kwargs = {"shift": shift, "scale": scale}
-        if name != "constant":
-            kwargs["generator"] = torch.Generator().manual_seed(seed)
-        if name == "mlp":
-            kwargs["n_hidden"] = self.n_hidden
-        gate = GATES[name](x.shape[1], self.n_experts, **kwargs)
-        return gate.to(dtype=x.dtype, device=x.device)
+        return em.iterate(step, (gate, None, None, None, resp), self.max_iter, self.tol)
+
+    def _keep(self, state) -> None:
+        self.gate_, self.weights_, self.biases_, self.noise_var_, _ = state
 
     # ------------------------------------------------------------------ predicting
     def gate_probs(self, x) -> torch.Tensor:
@@ -185,8 +156,3 @@ class MixtureOfLinearExperts:
         y = checks.vector("y", y, device=x.device).to(x.dtype)
         checks.same_length(x=x, y=y)
         return x, y
-
-    def _fitted_inputs(self, x, y=None):
-        if not hasattr(self, "weights_"):
-            raise RuntimeError("this MixtureOfLinearExperts is not fitted yet; call fit(x, y) first")
-        return self._inputs(x, y)

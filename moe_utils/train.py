@@ -20,8 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import warnings
+
 import torch
-from tqdm.auto import tqdm
+from tqdm import TqdmWarning
+
+with warnings.catch_warnings():  # without ipywidgets, tqdm.auto warns and draws text bars: fine
+    warnings.simplefilter("ignore", TqdmWarning)
+    from tqdm.auto import tqdm
 
 from . import checks
 
@@ -47,12 +53,14 @@ def anneal(start: float, end: float, epochs: int) -> Callable[[int], float]:
 
 
 def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 1000,
-        lr: float = 0.01, optimizer: Callable | None = None, batch_size: int | None = None,
+        lr: float = 0.01, lr_end: float | None = None, optimizer: Callable | None = None,
+        batch_size: int | None = None,
         x_val: torch.Tensor | None = None, y_val: torch.Tensor | None = None, patience: int | None = None,
         callback: Callable[[int, torch.nn.Module], None] | None = None, seed: int = 0,
         progress: bool = True, desc: str = "training") -> History:
     """Train ``model`` on (x, y); returns a ``History``.
 
+    lr, lr_end : learning rate, decayed geometrically to ``lr_end`` at the last epoch if given.
     optimizer : a function of the parameters that returns a ``torch.optim.Optimizer``
         (default: Adam with learning rate ``lr``).
     batch_size : ``None`` for full-batch steps, else mini-batches in a seeded random order.
@@ -69,13 +77,17 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
         raise ValueError("patience needs a validation split (x_val, y_val)")
     batch = n if batch_size is None else checks.positive_int("batch_size", batch_size)
     opt = optimizer(model.parameters()) if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = anneal(lr, lr_end, epochs) if lr_end is not None else None
     gen = torch.Generator().manual_seed(seed)
     history, best_state, best_val, waited = History(), None, math.inf, 0
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, mininterval=1.0)
     t0 = time.perf_counter()
     for epoch in bar:
         if callback is not None:
             callback(epoch, model)
+        if schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = schedule(epoch)
         model.train()
         order = torch.randperm(n, generator=gen).to(x.device) if batch < n else None
         total = 0.0
@@ -99,7 +111,7 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
             if patience is not None and waited > patience:
                 break
         if progress and epoch % 25 == 0:
-            bar.set_postfix(loss=f"{history.loss[-1]:.4f}")
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}", refresh=False)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()

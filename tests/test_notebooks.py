@@ -98,6 +98,13 @@ def test_executed_with_outputs_and_no_errors(chapter):
     assert sum(len(c.outputs) for c in cells) > 5
 
 
+def test_progress_bars_and_warnings_stay_out_of_the_book(chapter):
+    _, nb = chapter
+    for i, cell in enumerate(code_cells(nb)):
+        if any(o.output_type == "stream" and o.name == "stderr" for o in cell.outputs):
+            assert "remove-stderr" in cell.metadata.get("tags", []), f"code cell {i} writes to stderr"
+
+
 def test_quality_bars_live_in_assert_cells(chapter):
     _, nb = chapter
     asserts = [c for c in code_cells(nb) if re.search(r"^\s*assert\b", c.source, re.MULTILINE)]
