@@ -25,16 +25,17 @@ Modules:
     mole      MixtureOfLinearExperts, the EM estimator built from those steps
     moe       MixtureOfExperts, an nn.Module for gradient training, and its two losses
     train     a small training loop (full or mini-batch, early stopping, progress bar)
-    metrics   test MSE and NLL
+    classify  classification: the blobs data set, a mixture of logistic experts (EM and gradient)
+    metrics   test MSE and NLL; accuracy, NLL and calibration of classifiers
     plots     plotting setup (plotly renderer, colours) and the course's figures
 """
 
-from . import checks, data, em, experts, gates, metrics, mixture, moe, mole, plots, runtime, train
+from . import checks, classify, data, em, experts, gates, metrics, mixture, moe, mole, plots, runtime, train
 from .metrics import Scores, scores
 from .mole import MixtureOfLinearExperts
 from .runtime import device, seed
 
 __version__ = "0.1.0"
 
-__all__ = ["MixtureOfLinearExperts", "Scores", "checks", "data", "device", "em", "experts", "gates",
+__all__ = ["MixtureOfLinearExperts", "Scores", "checks", "classify", "data", "device", "em", "experts", "gates",
            "metrics", "mixture", "moe", "mole", "plots", "runtime", "scores", "seed", "train"]

@@ -1,4 +1,5 @@
-"""Test metrics: mean squared error and negative log-likelihood (in nats per sample).
+"""Test metrics: MSE and NLL (nats per sample) for regression; accuracy, NLL and calibration
+for classification.
 
 >>> import torch, moe_utils as mu
 >>> y = torch.tensor([0.0, 1.0])
@@ -13,7 +14,7 @@ import torch
 from . import checks
 from .mixture import gaussian_log_prob
 
-__all__ = ["Scores", "point_log_prob", "scores"]
+__all__ = ["ClassScores", "Reliability", "Scores", "class_scores", "point_log_prob", "reliability", "scores"]
 
 
 class Scores(NamedTuple):
@@ -41,3 +42,42 @@ def point_log_prob(y: torch.Tensor, mean: torch.Tensor, var: float) -> torch.Ten
     training residual variance is the variance of its Gaussian predictive density.
     """
     return gaussian_log_prob(y, mean, torch.as_tensor(float(var), dtype=mean.dtype))
+
+
+class ClassScores(NamedTuple):
+    """Test accuracy and mean NLL (nats per sample); best achievable here: 1.0 and 0.0."""
+
+    accuracy: float
+    nll: float
+
+
+def class_scores(log_probs: torch.Tensor, y: torch.Tensor) -> ClassScores:
+    """Accuracy of the argmax and mean NLL: log_probs (N, C), y (N,) labels."""
+    log_probs = checks.matrix("log_probs", log_probs)
+    y = checks.labels("y", y, log_probs.shape[1], n=log_probs.shape[0], device=log_probs.device)
+    accuracy = (log_probs.argmax(-1) == y).double().mean().item()
+    return ClassScores(accuracy, -log_probs.gather(1, y[:, None]).mean().item())
+
+
+class Reliability(NamedTuple):
+    """A reliability diagram: per bin of predicted p(y=1), (B,) each, and the calibration error."""
+
+    confidence: torch.Tensor  # mean predicted probability in the bin (NaN if empty)
+    frequency: torch.Tensor   # fraction of y = 1 in the bin (NaN if empty)
+    count: torch.Tensor       # samples in the bin
+    ece: float                # sum_b (count_b / N) |frequency_b - confidence_b|
+
+
+def reliability(prob, y, n_bins: int = 10) -> Reliability:
+    """Bin predicted probabilities p(y=1 | x), (N,), into ``n_bins`` equal bins; y (N,) in {0, 1}."""
+    prob = checks.vector("prob", prob.detach().cpu() if torch.is_tensor(prob) else prob, dtype=torch.float64)
+    if ((prob < -1e-6) | (prob > 1 + 1e-6)).any():
+        raise ValueError("prob must hold probabilities in [0, 1]")
+    prob = prob.clamp(0.0, 1.0)  # float32 rounding
+    y = checks.labels("y", y, 2, n=len(prob)).double().cpu()
+    idx = (prob * checks.positive_int("n_bins", n_bins)).long().clamp_max(n_bins - 1)
+    count = torch.bincount(idx, minlength=n_bins).double()
+    conf = torch.bincount(idx, prob, minlength=n_bins) / count
+    freq = torch.bincount(idx, y, minlength=n_bins) / count
+    ece = (count / len(prob) * (freq - conf).abs()).nansum().item()
+    return Reliability(conf, freq, count.long(), ece)

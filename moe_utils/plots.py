@@ -15,7 +15,8 @@ import plotly.io as pio
 import torch
 from plotly.subplots import make_subplots
 
-__all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots"]
+__all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots",
+           "decision_figure", "reliability_figure"]
 
 # Expert e is drawn in COLORS[e % len(COLORS)] in every chapter (plotly's default sequence).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -114,4 +115,92 @@ def iterations_figure(x, y, grid, frames: list[dict], title: str = "", max_point
     fig.update_xaxes(title_text="x", row=2, col=1)
     fig.update_layout(title=title, height=620, margin=dict(l=50, r=20, t=60, b=40),
                       sliders=[dict(steps=steps, currentvalue=dict(prefix="iteration "), pad=dict(t=40))])
+    return fig
+
+
+# ---------------------------------------------------------------------- classifiers in 2-D (chapter 4)
+def _contour_xy(xs, ys, z, level: float = 0.5, mask=None) -> tuple[np.ndarray, np.ndarray]:
+    """The level set z = level of a grid z (G_y, G_x) as one polyline, pieces separated by NaN."""
+    import contourpy  # a dependency of matplotlib; imported here to keep this addition self-contained
+
+    z = np.ma.masked_array(z, mask=mask) if mask is not None else z
+    lines = contourpy.contour_generator(xs, ys, z).lines(level)
+    if not lines:
+        return np.array([np.nan]), np.array([np.nan])
+    joined = np.concatenate([np.vstack([line, [np.nan, np.nan]]) for line in lines])
+    return joined[:, 0], joined[:, 1]
+
+
+def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: int = 140,
+                    max_points: int = 600, row_height: int = 380, title: str = "") -> go.Figure:
+    """Binary classifiers on 2-D inputs, one panel per model, in one interactive figure.
+
+    ``models`` maps a panel title to a model with ``predict_proba(x)`` (N, 2); if it also has
+    ``gate_probs(x)`` (N, E) and ``expert_probs(x)`` (N, E, 2), the panel shows the gate's regions
+    (background, expert e in ``color(e)``) and each expert's decision boundary p_e(1 | x) = 1/2
+    (solid inside the region the gate gives it, dotted elsewhere). Every panel shows the model's
+    boundary p(1 | x) = 1/2 (thick black: where an expert's solid line runs inside it, that expert
+    draws the boundary; bare black is drawn by the gate), the exact boundary of ``rule`` (a
+    function (G, 2) -> (G,) labels, grey dashes) and up to ``max_points`` of the data x (N, 2), y (N,).
+    """
+    x, y = _np(x), _np(y).astype(int)
+    lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
+    xs, ys = np.linspace(lo[0], hi[0], resolution), np.linspace(lo[1], hi[1], resolution)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), dtype=torch.float64)
+    shape, keep = (resolution, resolution), np.linspace(0, len(x) - 1, min(max_points, len(x))).astype(int)
+    fig = subplots(list(models), cols=cols, row_height=row_height)
+    for i, (name, model) in enumerate(models.items()):
+        at, first = dict(row=i // cols + 1, col=i % cols + 1), i == 0
+        experts = []  # (expert, dash, x, y) of every expert's boundary line
+        if hasattr(model, "gate_probs"):
+            gate, probs = _np(model.gate_probs(grid)), _np(model.expert_probs(grid))[..., 1]
+            owner, n_experts = gate.argmax(1).reshape(shape), gate.shape[1]
+            scale = [[k / n_experts, color(e)] for e in range(n_experts) for k in (e, e + 1)]
+            fig.add_heatmap(x=xs, y=ys, z=owner, zmin=-0.5, zmax=n_experts - 0.5, colorscale=scale, opacity=0.22,
+                            showscale=False, hoverinfo="skip", **at)
+            experts = [(e, dash, *_contour_xy(xs, ys, probs[:, e].reshape(shape), mask=mask))
+                       for e in range(n_experts) for dash, mask in (("dot", None), ("solid", owner != e))]
+        lx, ly = _contour_xy(xs, ys, _np(model.predict_proba(grid))[:, 1].reshape(shape))
+        fig.add_scatter(x=lx, y=ly, mode="lines", name="model's boundary", legendgroup="model",
+                        showlegend=first, line=dict(color="black", width=4.5), **at)
+        for e, dash, lx, ly in experts:  # on top of the model's boundary, which they may be part of
+            fig.add_scatter(x=lx, y=ly, mode="lines", name=f"expert {e}", legendgroup=f"expert {e}",
+                            showlegend=first and dash == "solid", hoverinfo="skip",
+                            line=dict(color=color(e), dash=dash, width=2 if dash == "solid" else 1), **at)
+        if rule is not None:
+            lx, ly = _contour_xy(xs, ys, _np(rule(grid)).reshape(shape))
+            fig.add_scatter(x=lx, y=ly, mode="lines", name="true boundary", legendgroup="truth",
+                            showlegend=first, line=dict(color=DATA_COLOR, dash="dash", width=2), **at)
+        for label, symbol in ((0, "circle-open"), (1, "x-thin-open")):
+            sel = keep[y[keep] == label]
+            fig.add_scatter(x=x[sel, 0], y=x[sel, 1], mode="markers", name=f"class {label}",
+                            legendgroup=f"class {label}", showlegend=first, hoverinfo="skip",
+                            marker=dict(size=5, symbol=symbol, color="#333333", opacity=0.55), **at)
+        fig.update_xaxes(range=[lo[0], hi[0]], **at)
+        fig.update_yaxes(range=[lo[1], hi[1]], scaleanchor=f"x{i + 1 if i else ''}", **at)
+    fig.update_layout(title=title)
+    return fig
+
+
+def reliability_figure(curves: dict, title: str = "Reliability diagram") -> go.Figure:
+    """Reliability diagrams of several classifiers, with the counts per bin below (log scale).
+
+    ``curves`` maps a name to a ``classify.Reliability`` (per-bin mean predicted probability,
+    observed frequency of class 1 and count, each (B,)). A calibrated model lies on the diagonal.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="calibrated", line=dict(color=DATA_COLOR, dash="dash"),
+                    row=1, col=1)
+    for k, (name, rel) in enumerate(curves.items()):
+        conf, freq, count = _np(rel.confidence), _np(rel.frequency), _np(rel.count)
+        edges = np.linspace(0, 1, len(count) + 1)
+        fig.add_scatter(x=conf, y=freq, mode="lines+markers", name=f"{name} (ECE {rel.ece:.3f})", legendgroup=name,
+                        line=dict(color=color(k)), row=1, col=1)
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=np.where(count > 0, count, np.nan), width=0.8 / len(count) / len(curves),
+                    offset=(k - len(curves) / 2) * 0.8 / len(count) / len(curves), name=name, legendgroup=name,
+                    showlegend=False, marker_color=color(k), row=2, col=1)
+    fig.update_yaxes(range=[-0.03, 1.03], title_text="fraction of class 1", row=1, col=1)
+    fig.update_yaxes(type="log", title_text="samples", row=2, col=1)
+    fig.update_xaxes(range=[0, 1], title_text="predicted p(class 1)", row=2, col=1)
+    fig.update_layout(title=title, height=560, margin=dict(l=60, r=20, t=60, b=40), barmode="overlay")
     return fig
