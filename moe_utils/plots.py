@@ -8,6 +8,7 @@ Interactive figures are plotly; static grids are matplotlib.
 
 import sys
 
+import contourpy  # matplotlib's contouring library
 import matplotlib as mpl
 import numpy as np
 import plotly.graph_objects as go
@@ -121,8 +122,6 @@ def iterations_figure(x, y, grid, frames: list[dict], title: str = "", max_point
 # ---------------------------------------------------------------------- classifiers in 2-D (chapter 4)
 def _contour_xy(xs, ys, z, level: float = 0.5, mask=None) -> tuple[np.ndarray, np.ndarray]:
     """The level set z = level of a grid z (G_y, G_x) as one polyline, pieces separated by NaN."""
-    import contourpy  # a dependency of matplotlib; imported here to keep this addition self-contained
-
     z = np.ma.masked_array(z, mask=mask) if mask is not None else z
     lines = contourpy.contour_generator(xs, ys, z).lines(level)
     if not lines:
@@ -185,7 +184,7 @@ def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: in
 def reliability_figure(curves: dict, title: str = "Reliability diagram") -> go.Figure:
     """Reliability diagrams of several classifiers, with the counts per bin below (log scale).
 
-    ``curves`` maps a name to a ``classify.Reliability`` (per-bin mean predicted probability,
+    ``curves`` maps a name to a ``metrics.Reliability`` (per-bin mean predicted probability,
     observed frequency of class 1 and count, each (B,)). A calibrated model lies on the diagonal.
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.7, 0.3], vertical_spacing=0.06)
