@@ -14,11 +14,13 @@ import torch
 __all__ = [
     "choice",
     "finite_float",
+    "float_dtype",
     "inputs",
     "labels",
     "matrix",
     "positive_int",
     "same_length",
+    "seed",
     "tensor",
     "vector",
 ]
@@ -28,8 +30,8 @@ def tensor(name: str, value, dtype=None, device=None) -> torch.Tensor:
     """``value`` (tensor, array or sequence of numbers) as a tensor; NaN/inf raise.
 
     Floating dtype follows the input (float32 and float64 stay as they are); integers and
-    booleans become ``dtype`` or torch's default float dtype. ``device`` defaults to the
-    input's own device.
+    booleans become ``dtype`` or torch's default float dtype. ``device`` (any name that
+    ``runtime.device`` takes, "auto" included) defaults to the input's own device.
     """
     if isinstance(value, str) or value is None:
         raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(value).__name__}")
@@ -44,7 +46,8 @@ def tensor(name: str, value, dtype=None, device=None) -> torch.Tensor:
     elif not t.dtype.is_floating_point:
         t = t.to(torch.get_default_dtype())
     if device is not None:
-        t = t.to(device)
+        from .runtime import device as resolve  # runtime imports this module
+        t = t.to(resolve(device))
     if t.numel() and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
     return t
@@ -110,6 +113,21 @@ def positive_int(name: str, value, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return int(value)
+
+
+def seed(value) -> int:
+    """A random seed: an int in [0, 2**32 - 1], which torch, NumPy and ``random`` all take."""
+    value = positive_int("seed", value, minimum=0)
+    if value >= 2**32:
+        raise ValueError(f"seed must be < 2**32, got {value}")
+    return value
+
+
+def float_dtype(name: str, value) -> torch.dtype:
+    """A floating torch dtype such as ``torch.float32``; strings and integer dtypes raise."""
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise TypeError(f"{name} must be a floating torch dtype such as torch.float32, got {value!r}")
+    return value
 
 
 def finite_float(name: str, value, low: float = -math.inf, high: float = math.inf,

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import nn
 
-from . import checks, data, em, gates, metrics
+from . import checks, data, em, gates, metrics, runtime
 from .experts import LinearExperts
 from .gates import standardiser
 from .mole import GATES
@@ -55,7 +55,9 @@ def blobs(n: int, seed: int = 0, dtype=torch.float32, device=None):
     The circle passes through both centres, so it cuts each blob along a curved line.
     """
     n = checks.positive_int("n", n)
-    gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+    gen = torch.Generator().manual_seed(checks.seed(seed))
+    dtype = checks.float_dtype("dtype", dtype)
+    device = runtime.device(device) if device is not None else None
     z = (torch.arange(n) >= n // 2).long()
     centres = torch.tensor([[3.0, 0.0], [-3.0, 0.0]], dtype=torch.float64)
     x = (centres[z] + torch.randn(n, 2, generator=gen, dtype=torch.float64)).to(dtype=dtype, device=device)
@@ -135,7 +137,7 @@ class MixtureOfLogisticExperts(em.EMEstimator):
         self.gate_steps = checks.positive_int("gate_steps", gate_steps)
         self.expert_steps = checks.positive_int("expert_steps", expert_steps)
         self.n_hidden = checks.positive_int("n_hidden", n_hidden)
-        self.seed, self.device = checks.positive_int("seed", seed, minimum=0), device
+        self.seed, self.device = checks.seed(seed), device
 
     def __repr__(self) -> str:
         return (f"MixtureOfLogisticExperts(n_experts={self.n_experts}, n_classes={self.n_classes}, "
@@ -244,7 +246,7 @@ class MoEClassifier(nn.Module):
                combine: str = "probs", n_hidden: int = 16, seed: int = 0, shift=None, scale=None):
         """Linear experts and a ``"softmax"`` or ``"mlp"`` gate, all drawn from ``seed``."""
         gate = checks.choice("gate", gate, ("softmax", "mlp"))
-        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        gen = torch.Generator().manual_seed(checks.seed(seed))
         experts = LinearExperts(n_inputs, checks.positive_int("n_classes", n_classes, minimum=2),
                                 n_experts, generator=gen)
         return cls(experts, gates.make(gate, n_inputs, n_experts, n_hidden=n_hidden, generator=gen,

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import checks, mixture
+from . import checks, mixture, runtime
 from .metrics import Scores
 
 __all__ = [
@@ -91,13 +91,22 @@ class Split(NamedTuple):
 
 
 def train_test_split(*arrays: torch.Tensor, test_size: float = 0.2, seed: int = 0) -> list[torch.Tensor]:
-    """Shuffle N samples with ``seed`` and cut them: returns [a_train, a_test, b_train, ...]."""
+    """Shuffle N samples with ``seed`` and cut them: returns [a_train, a_test, b_train, ...].
+
+    Each array is a tensor (N, ...) with the same N; the test part has round(N * test_size) rows.
+    """
+    if not arrays:
+        raise TypeError("train_test_split needs at least one tensor of shape (N, ...)")
+    for i, a in enumerate(arrays):
+        if not torch.is_tensor(a) or a.ndim == 0:
+            shape = tuple(a.shape) if torch.is_tensor(a) else type(a).__name__
+            raise TypeError(f"arrays[{i}] must be a tensor of shape (N, ...), got {shape}")
     test_size = checks.finite_float("test_size", test_size, 0.0, 1.0, low_open=True, high_open=True)
     n = checks.same_length(**{f"arrays[{i}]": a for i, a in enumerate(arrays)})
     n_test = round(n * test_size)
     if not 0 < n_test < n:
         raise ValueError(f"test_size={test_size} of {n} samples leaves an empty train or test set")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(checks.seed(seed)))
     order = order.to(arrays[0].device)
     train, test = order[n_test:], order[:n_test]
     return [part for a in arrays for part in (a[train], a[test])]
@@ -111,14 +120,16 @@ class Regimes:
 
     def __init__(self, name: str, regimes: list[Regime], noise: float):
         self.name = name
-        self.noise = checks.finite_float("noise", noise, 0.0, low_open=True)
+        # noise**2 and the Gaussian densities must stay representable in float64
+        self.noise = checks.finite_float("noise", noise, 1e-6, 1e6)
         self.regimes = tuple(regimes)
         if not regimes:
             raise ValueError("regimes must not be empty")
-        reach = min(r.lo for r in regimes)
-        for i, r in enumerate(sorted(regimes, key=lambda r: r.lo)):
+        for i, r in enumerate(regimes):
             if not (r.lo < r.hi and r.weight > 0):
-                raise ValueError(f"regime {i} needs lo < hi and weight > 0, got {r}")
+                raise ValueError(f"regimes[{i}] needs lo < hi and weight > 0, got {r}")
+        reach = min(r.lo for r in regimes)
+        for r in sorted(regimes, key=lambda r: r.lo):
             if r.lo > reach:
                 raise ValueError(f"regimes must cover one interval; nothing covers ({reach}, {r.lo})")
             reach = max(reach, r.hi)
@@ -137,9 +148,15 @@ class Regimes:
 
     # ---------------------------------------------------------------- sampling
     def sample(self, n: int, seed: int = 0, dtype=torch.float32, device=None):
-        """Draw n samples: x (N,), y (N,) of ``dtype`` and the regimes z (N,) (long)."""
+        """Draw n samples: x (N,), y (N,) of ``dtype`` and the regimes z (N,) (long).
+
+        They are drawn on the CPU in float64 (so every device gets the same numbers), then
+        moved to ``device`` (any name ``runtime.device`` takes; default the CPU).
+        """
         n = checks.positive_int("n", n)
-        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        gen = torch.Generator().manual_seed(checks.seed(seed))
+        dtype = checks.float_dtype("dtype", dtype)
+        device = runtime.device(device) if device is not None else None
         z = torch.multinomial(self.weights, n, replacement=True, generator=gen)
         x = self.lo[z] + (self.hi[z] - self.lo[z]) * torch.rand(n, generator=gen, dtype=_F64)
         f = self.expert_means(x).gather(1, z[:, None])[:, 0]
@@ -153,23 +170,46 @@ class Regimes:
         return Split(x_tr, y_tr, z_tr, x_te, y_te, z_te)
 
     # ---------------------------------------------------------------- the truth
+    # Computed on the CPU in float64 whatever the inputs; results go back to x's device
+    # (in float32 on Apple's MPS, which has no float64).
     def density(self, x) -> torch.Tensor:
-        """The input density p(x): (N,)."""
-        x = checks.vector("x", x).to(_F64)
-        inside = (x[:, None] >= self.lo) & (x[:, None] <= self.hi)
-        return (inside * self.weights / (self.hi - self.lo)).sum(-1)
+        """The input density p(x): (N,). (The density of y given x is ``log_prob``.)"""
+        x, dev = _cpu("x", x)
+        return _back(self._density(x), dev)
 
     def expert_means(self, x) -> torch.Tensor:
         """f_e(x) for every regime: (N, E), float64."""
-        x = checks.vector("x", x).to(_F64)
-        return torch.stack([r.fn(x) for r in self.regimes], dim=-1)
+        x, dev = _cpu("x", x)
+        return _back(self._expert_means(x), dev)
 
     def gate(self, x, x_train=None) -> torch.Tensor:
-        """P(regime e | x): (N, E). The true gate, or the learner's one given ``x_train``.
+        """P(regime e | x): (N, E). The true gate, or the learner's one given ``x_train`` (N_train,).
 
         x outside the support is clamped to it (the gate is constant beyond the data).
         """
-        x = checks.vector("x", x).to(_F64).clamp(self.lo.min(), self.hi.max())
+        x, dev = _cpu("x", x)
+        return _back(self._gate(x, x_train), dev)
+
+    def mean(self, x, x_train=None) -> torch.Tensor:
+        """The best point prediction E[y | x] (given ``x_train``, if passed): (N,), float64."""
+        x, dev = _cpu("x", x)
+        return _back(self._mean(x, x_train), dev)
+
+    def log_prob(self, x, y, x_train=None) -> torch.Tensor:
+        """log p(y | x) of the true (or learner's) conditional density: (N,), float64."""
+        x, dev = _cpu("x", x)
+        y, _ = _cpu("y", y, n=x.shape[0])
+        return _back(self._log_prob(x, y, x_train), dev)
+
+    def _density(self, x: torch.Tensor) -> torch.Tensor:
+        inside = (x[:, None] >= self.lo) & (x[:, None] <= self.hi)
+        return (inside * self.weights / (self.hi - self.lo)).sum(-1)
+
+    def _expert_means(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([r.fn(x) for r in self.regimes], dim=-1)
+
+    def _gate(self, x: torch.Tensor, x_train=None) -> torch.Tensor:
+        x = x.clamp(self.lo.min(), self.hi.max())
         inside = (x[:, None] >= self.lo) & (x[:, None] <= self.hi)
         g = inside * self.weights / (self.hi - self.lo)
         g = g / g.sum(-1, keepdim=True)
@@ -181,50 +221,45 @@ class Regimes:
                 g[in_gap, left], g[in_gap, right] = p_left, 1.0 - p_left
         return g
 
-    def mean(self, x, x_train=None) -> torch.Tensor:
-        """The best point prediction E[y | x] (given ``x_train``, if passed): (N,), float64."""
-        g = self.gate(x, x_train)
-        return (g * self.expert_means(x)).sum(-1)
+    def _mean(self, x: torch.Tensor, x_train=None) -> torch.Tensor:
+        return (self._gate(x, x_train) * self._expert_means(x)).sum(-1)
 
-    def log_prob(self, x, y, x_train=None) -> torch.Tensor:
-        """log p(y | x) of the true (or learner's) conditional density: (N,), float64."""
-        x = checks.vector("x", x)
-        y = checks.vector("y", y, n=x.shape[0]).to(_F64)
-        log_g = torch.log(self.gate(x, x_train))
-        return mixture.log_prob(log_g, self.expert_means(x), torch.tensor(self.noise**2, dtype=_F64), y)
+    def _log_prob(self, x: torch.Tensor, y: torch.Tensor, x_train=None) -> torch.Tensor:
+        log_g = torch.log(self._gate(x, x_train))
+        return mixture.log_prob(log_g, self._expert_means(x), torch.tensor(self.noise**2, dtype=_F64), y)
 
     # ---------------------------------------------------------------- best achievable
     def best(self, x_test, y_test, x_train=None) -> Scores:
-        """Test MSE and NLL of the Bayes predictor on these very test points.
+        """Test MSE and NLL of the Bayes predictor on these very test points (N,), (N,).
 
         This is the fairest bar for a model scored on the same test set: it sees the same
-        noise draws. With ``x_train`` it is the Bayes predictor of a learner that has seen
-        those training inputs (it does not know where a jump lies inside their gap).
+        noise draws. With ``x_train`` (N_train,) it is the Bayes predictor of a learner that
+        has seen those training inputs (it does not know where a jump lies inside their gap).
         """
-        x = checks.vector("x_test", x_test)
-        y = checks.vector("y_test", y_test, n=x.shape[0]).to(_F64)
-        m, lp = self.mean(x, x_train), self.log_prob(x, y, x_train)
+        x, _ = _cpu("x_test", x_test)
+        y, _ = _cpu("y_test", y_test, n=x.shape[0])
+        m, lp = self._mean(x, x_train), self._log_prob(x, y, x_train)
         return Scores(((y - m) ** 2).mean().item(), (-lp).mean().item())
 
     def best_mse(self, x_train=None) -> float:
         """Expected test MSE of the Bayes predictor over the whole data distribution."""
         x, w = self._quadrature(x_train)
-        g_true, g_pred, f = self.gate(x), self.gate(x, x_train), self.expert_means(x)
+        g_true, g_pred, f = self._gate(x), self._gate(x, x_train), self._expert_means(x)
         m = (g_pred * f).sum(-1, keepdim=True)
         per_x = (g_true * (self.noise**2 + (f - m) ** 2)).sum(-1)
-        return (w * self.density(x) * per_x).sum().item()
+        return (w * self._density(x) * per_x).sum().item()
 
     def best_nll(self, x_train=None) -> float:
         """Expected test NLL (nats/sample) of the Bayes predictor over the data distribution."""
         x, w = self._quadrature(x_train)
-        g_true, g_pred, f = self.gate(x), self.gate(x, x_train), self.expert_means(x)
+        g_true, g_pred, f = self._gate(x), self._gate(x, x_train), self._expert_means(x)
         u, wu = np.polynomial.hermite_e.hermegauss(40)
         u, wu = torch.tensor(u, dtype=_F64), torch.tensor(wu / math.sqrt(2 * math.pi), dtype=_F64)
         y = f[:, :, None] + self.noise * u                       # (G, E, U): y ~ N(f_e, noise^2)
         comp = torch.log(g_pred)[:, None, None, :] + mixture.gaussian_log_prob(
             y[..., None], f[:, None, None, :], torch.tensor(self.noise**2, dtype=_F64))
         nll = -(torch.logsumexp(comp, dim=-1) * wu).sum(-1)      # (G, E)
-        return (w * self.density(x) * (g_true * nll).sum(-1)).sum().item()
+        return (w * self._density(x) * (g_true * nll).sum(-1)).sum().item()
 
     # ---------------------------------------------------------------- internals
     def jumps(self) -> list[tuple[float, int, int]]:
@@ -247,8 +282,8 @@ class Regimes:
         return [e for e, r in enumerate(self.regimes) if r.lo <= x <= r.hi]
 
     def jump_gaps(self, x_train) -> list[tuple[tuple[float, float], int, int]]:
-        """For each jump: the gap (a, b) between the nearest training inputs around it."""
-        x_train = checks.vector("x_train", x_train).to(_F64).cpu()
+        """For each jump: the gap (a, b) between the nearest training inputs x_train (N_train,)."""
+        x_train, _ = _cpu("x_train", x_train)
         gaps = []
         for c, left, right in self.jumps():
             below, above = x_train[x_train < c], x_train[x_train > c]
@@ -270,6 +305,17 @@ class Regimes:
                 xs.append(0.5 * (t1 - t0) * t + 0.5 * (t1 + t0))
                 ws.append(0.5 * (t1 - t0) * wt)
         return torch.tensor(np.concatenate(xs), dtype=_F64), torch.tensor(np.concatenate(ws), dtype=_F64)
+
+
+def _cpu(name: str, value, n: int | None = None) -> tuple[torch.Tensor, torch.device]:
+    """A checked vector (N,) as float64 on the CPU, and the device it came from."""
+    t = checks.vector(name, value, n=n)
+    return t.to("cpu", _F64), t.device
+
+
+def _back(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A float64 CPU result moved to ``device`` (float32 on MPS, which has no float64)."""
+    return t.to(device, torch.float32 if device.type == "mps" else t.dtype)
 
 
 # -------------------------------------------------------------------- the data sets

@@ -149,8 +149,10 @@ class GumbelGate(nn.Module):
         hard sample  w = one_hot(argmax(logits + G)), with the gradient of the soft sample
                      (straight-through: w_hard - w_soft.detach() + w_soft)
 
-    In ``eval()`` mode it never samples: ``eval_mode="argmax"`` picks the most probable expert
-    (one-hot), ``"softmax"`` returns the mean gate softmax(logits / base temperature).
+    where logits are the base gate's logits divided by its temperature, so that the samples
+    are draws from the base gate's distribution softmax(logits). In ``eval()`` mode it never
+    samples: ``eval_mode="argmax"`` picks the most probable expert (one-hot), ``"softmax"``
+    returns that distribution itself, the mean of the hard samples.
     ``tau`` > 0 can be changed between epochs (annealing). ``forward`` returns log-probabilities
     (N, E) of the soft weights; ``mix`` returns them with the weights a mixture should use.
     """
@@ -171,6 +173,15 @@ class GumbelGate(nn.Module):
     def tau(self, value: float) -> None:
         self._tau = checks.finite_float("tau", value, 0.0, low_open=True)
 
+    @property
+    def temperature(self) -> float:
+        """The base gate's temperature (it scales the logits that are sampled from)."""
+        return self.base.temperature
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.base.temperature = value
+
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
         u = torch.rand(like.shape, generator=self.generator, dtype=like.dtype)
         tiny = torch.finfo(like.dtype).tiny
@@ -179,9 +190,11 @@ class GumbelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """log-probabilities of the soft sample (training) or of the deterministic gate (eval)."""
-        logits = self.base.logits(x)
+        logits = self.base.logits(x) / self.base.temperature
         if not self.training:
-            return self.base(x) if self.eval_mode == "softmax" else torch.log(self._one_hot(logits))
+            if self.eval_mode == "softmax":
+                return torch.log_softmax(logits, dim=-1)
+            return torch.log(self._one_hot(logits))
         return torch.log_softmax((logits + self._noise(logits)) / self.tau, dim=-1)
 
     def mix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ class MixtureOfExperts(nn.Module):
         """Linear experts and a gate by name (see ``gates.make``, whose keyword arguments, such
         as ``n_hidden``, ``temperature``, ``tau``, ``hard``, ``shift``, pass through); every
         parameter is drawn from ``seed``."""
-        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        gen = torch.Generator().manual_seed(checks.seed(seed))
         experts = LinearExperts(n_inputs, n_outputs, n_experts, generator=gen)
         return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
 
@@ -69,7 +69,7 @@ class MixtureOfExperts(nn.Module):
     def mlp(cls, n_inputs: int, n_outputs: int, n_experts: int, expert_hidden: int = 16, gate: str = "softmax",
             seed: int = 0, **gate_kwargs) -> "MixtureOfExperts":
         """Small tanh-network experts (``expert_hidden`` units each) and a gate, as ``linear``."""
-        gen = torch.Generator().manual_seed(checks.positive_int("seed", seed, minimum=0))
+        gen = torch.Generator().manual_seed(checks.seed(seed))
         experts = MLPExperts(n_inputs, expert_hidden, n_outputs, n_experts, generator=gen)
         return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
 
@@ -118,16 +118,20 @@ def init_from_responsibilities(model: MixtureOfExperts, x: torch.Tensor, y: torc
 
 
 def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
-    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), stable for weights that are exactly 0.
+    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), exact even for one-hot weights.
 
-    Written as max + log sum_e w_e exp(l_e - max) rather than logsumexp(log w + l), so that
-    hard (straight-through) weights, which contain exact zeros, still pass gradients.
+    Written as top + log sum_e w_e exp(l_e - top), where top is the exact (detached) value
+    logsumexp(log w + l), so the sum is 1 at the current point. Unlike logsumexp(log w + l),
+    weights that are exactly 0 (hard, straight-through samples) still get their gradient
+    exp(l_e - top); the exponent is capped at 60 so that it stays finite in float32 (the cap
+    only touches weights below e^-60, whose terms are negligible).
     """
     var = out.log_var.exp()                                                   # (E, O)
     log_n = -0.5 * (((y[:, None, :] - out.means) ** 2) / var + out.log_var + _LOG_2PI).sum(-1)  # (N, E)
-    top = log_n.max(-1, keepdim=True).values.detach()
-    total = (out.weights * torch.exp(log_n - top)).sum(-1)
-    return torch.log(total.clamp_min(torch.finfo(total.dtype).tiny)) + top[:, 0]
+    with torch.no_grad():
+        top = torch.logsumexp(out.weights.log() + log_n, dim=-1, keepdim=True)  # (N, 1)
+    total = (out.weights * torch.exp((log_n - top).clamp(max=60.0))).sum(-1)
+    return torch.log(total) + top[:, 0]
 
 
 def _as_targets(y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:

@@ -73,7 +73,7 @@ class MixtureOfLinearExperts(em.EMEstimator):
         self.expert_solver = checks.choice("expert_solver", expert_solver, SOLVERS)
         self.gradient_steps = checks.positive_int("gradient_steps", gradient_steps)
         self.n_hidden = checks.positive_int("n_hidden", n_hidden)
-        self.seed = checks.positive_int("seed", seed, minimum=0)
+        self.seed = checks.seed(seed)
         self.device = device
 
     def __repr__(self) -> str:

@@ -54,7 +54,7 @@ def seed(value: int) -> torch.Generator:
     ``torch.Generator``, so results do not depend on what ran before. Chapters call
     ``seed`` once so that anything else they do (plot jitter, their own sampling) repeats too.
     """
-    value = checks.positive_int("seed", value, minimum=0)
+    value = checks.seed(value)
     random.seed(value)
     np.random.seed(value)
     torch.manual_seed(value)

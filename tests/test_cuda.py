@@ -32,3 +32,16 @@ def test_best_scores_accept_cuda_inputs():
     cpu = data.best(split.x_test.cpu(), split.y_test.cpu(), split.x_train.cpu())
     gpu = data.best(split.x_test, split.y_test, split.x_train)
     assert abs(cpu.mse - gpu.mse) < 1e-6 and abs(cpu.nll - gpu.nll) < 1e-6
+
+
+@cuda
+def test_the_truth_comes_back_on_the_inputs_device():
+    data = mu.data.sin_sign()
+    split = data.split(400, seed=0, device="cuda")
+    x, y, x_train = split.x_test, split.y_test, split.x_train
+    for cpu, gpu in [(data.gate(x.cpu(), x_train.cpu()), data.gate(x, x_train)),
+                     (data.mean(x.cpu(), x_train.cpu()), data.mean(x, x_train)),
+                     (data.log_prob(x.cpu(), y.cpu()), data.log_prob(x, y)),
+                     (data.density(x.cpu()), data.density(x))]:
+        assert gpu.device.type == "cuda"
+        torch.testing.assert_close(cpu, gpu.cpu())

@@ -195,6 +195,20 @@ def test_train_test_split_of_several_arrays():
     (lambda: mu.data.train_test_split(torch.zeros(3), torch.zeros(4)), ValueError, "same number of samples"),
     (lambda: Regimes("gap", [Regime(0, 1, Line(1, 0)), Regime(2, 3, Line(1, 0))], 0.1), ValueError, "cover one interval"),
     (lambda: Regimes("bad", [Regime(1, 0, Line(1, 0))], 0.1), ValueError, "lo < hi"),
+    (lambda: Regimes("bad", [Regime(0, 1, Line(1, 0)), Regime(2, 1, Line(1, 0))], 0.1), ValueError,
+     r"regimes\[1\] needs lo < hi"),
+    (lambda: mu.data.roof(noise=1e-300), ValueError, "noise must be in"),
+    (lambda: mu.data.zig(overlap=float("nan")), ValueError, "overlap must be finite"),
+    (lambda: mu.data.roof().sample(10, seed=1.5), TypeError, "seed must be an integer"),
+    (lambda: mu.data.roof().sample(10, seed=2**70), ValueError, "seed must be < 2"),
+    (lambda: mu.data.roof().sample(10, dtype=torch.int64), TypeError, "dtype must be a floating torch dtype"),
+    (lambda: mu.data.roof().sample(10, dtype="float32"), TypeError, "dtype must be a floating torch dtype"),
+    (lambda: mu.data.roof().sample(10, device="tpu"), ValueError, "unknown device 'tpu'"),
+    (lambda: mu.data.roof().split(100, test_size=float("nan")), ValueError, "test_size must be finite"),
+    (lambda: mu.data.train_test_split(), TypeError, "at least one tensor"),
+    (lambda: mu.data.train_test_split([1, 2, 3]), TypeError, r"arrays\[0\] must be a tensor"),
+    (lambda: mu.data.train_test_split(torch.tensor(1.0)), TypeError, r"arrays\[0\] must be a tensor of shape \(N, ...\), got \(\)"),
+    (lambda: mu.data.train_test_split(torch.zeros(5), seed=-1), ValueError, "seed must be >= 0"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
     with pytest.raises(error, match=words):
