@@ -32,10 +32,11 @@ Modules:
 
 from . import checks, classify, data, em, experts, gates, metrics, mixture, moe, mole, plots, runtime, train
 from .metrics import Scores, scores
+from .em import ConvergenceWarning
 from .mole import MixtureOfLinearExperts
 from .runtime import device, seed
 
 __version__ = "0.1.0"
 
-__all__ = ["MixtureOfLinearExperts", "Scores", "checks", "classify", "data", "device", "em", "experts", "gates",
-           "metrics", "mixture", "moe", "mole", "plots", "runtime", "scores", "seed", "train"]
+__all__ = ["ConvergenceWarning", "MixtureOfLinearExperts", "Scores", "checks", "classify", "data", "device", "em",
+           "experts", "gates", "metrics", "mixture", "moe", "mole", "plots", "runtime", "scores", "seed", "train"]

@@ -24,6 +24,7 @@ Shapes: x (N, D), y (N,), resp (N, E), weight (E, D), bias (E,), var (E,).
 """
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +34,7 @@ import torch
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from . import experts, mixture
-from .gates import ConstantGate
+from .gates import ConstantGate, standardiser
 
 __all__ = ["ConvergenceWarning", "EMEstimator", "Run", "e_step", "fit_softmax", "gate_log_prior",
            "init_responsibilities", "iterate", "kmeans", "m_step_experts", "m_step_experts_gradient",
@@ -41,7 +42,9 @@ __all__ = ["ConvergenceWarning", "EMEstimator", "Run", "e_step", "fit_softmax", 
 
 
 class ConvergenceWarning(UserWarning):
-    """EM stopped at ``max_iter`` before the objective stopped improving by ``tol``."""
+    """EM stopped at ``max_iter`` before the objective stopped improving by ``tol``, or its
+    objective decreased by more than round-off (a step that is not an exact or generalised EM
+    step, such as an inexact inner solver)."""
 
 
 def e_step(gate, weight, bias, var, x, y) -> tuple[torch.Tensor, float]:
@@ -50,10 +53,11 @@ def e_step(gate, weight, bias, var, x, y) -> tuple[torch.Tensor, float]:
     return torch.softmax(joint, dim=-1).detach(), torch.logsumexp(joint, dim=-1).mean().item()
 
 
-def m_step_experts(x, y, resp, min_var: float = 0.0, ridge: float = 1e-8):
+def m_step_experts(x, y, resp, min_var: float = 0.0, ridge: float = 0.0):
     """Closed-form M-step of the experts: weighted least squares and weighted residual variance.
 
-    Returns weight (E, D), bias (E,), var (E,); every var_e >= ``min_var``.
+    Returns weight (E, D), bias (E,), var (E,); every var_e >= ``min_var``. ``ridge``: see
+    ``experts.fit_linear`` (0: exact; degenerate experts get the minimum-norm fit).
     """
     weight, bias = experts.fit_linear(x, y, resp, ridge)
     var = experts.noise_variance(y, experts.linear_means(x, weight, bias), resp, min_var)
@@ -168,10 +172,13 @@ def init_responsibilities(x, y, n_experts: int, method: str = "kmeans", seed: in
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, steps: int = 20) -> torch.Tensor:
     """Cluster labels (N,) of points (N, F) after standardising: k-means++ starts, Lloyd steps."""
     points = points.to("cpu", torch.float64)
-    points = (points - points.mean(0)) / points.std(0).clamp_min(1e-12)
+    shift, scale = standardiser(points)
+    points = (points - shift) / scale
     centres = points[torch.randint(points.shape[0], (1,), generator=generator)]
     for _ in range(1, k):  # k-means++: far points are more likely to start a cluster
         d2 = torch.cdist(points, centres).min(1).values ** 2
+        if d2.sum() <= 0:  # every point sits on a centre already (say, constant x): pick uniformly
+            d2 = torch.ones_like(d2)
         centres = torch.cat([centres, points[torch.multinomial(d2 / d2.sum(), 1, generator=generator)]])
     for _ in range(steps):
         label = torch.cdist(points, centres).argmin(1)
@@ -189,15 +196,40 @@ class Run(NamedTuple):
     converged: bool
 
 
-def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter: int, tol: float) -> Run:
-    """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``."""
-    history = []
+def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter: int, tol: float,
+            eps: float = torch.finfo(torch.float32).eps) -> Run:
+    """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``.
+
+    An EM step never decreases the objective, so a drop larger than round-off (``ROUND_OFF * eps``
+    times max(1, |objective|); ``eps`` is the machine epsilon of the dtype the objective is
+    computed in, float32's by default) is not convergence: the iterations go on, and the drops
+    are reported in one ``ConvergenceWarning`` at the end. A NaN or infinite objective raises.
+    """
+    history, drops = [], []
+    converged = False
     for _ in range(max_iter):
         state, objective = step(state)
+        if not math.isfinite(objective):
+            raise FloatingPointError(f"the EM objective became {objective} at iteration {len(history) + 1}")
         history.append(objective)
-        if len(history) > 1 and history[-1] - history[-2] < tol:
-            return Run(state, history, True)
-    return Run(state, history, False)
+        if len(history) > 1:
+            gain = history[-1] - history[-2]
+            round_off = ROUND_OFF * eps * max(1.0, abs(history[-1]), abs(history[-2]))
+            if gain < -round_off:
+                drops.append((-gain, len(history), round_off))
+            elif gain < tol:
+                converged = True
+                break
+    if drops:
+        drop, at, round_off = max(drops)
+        warnings.warn(f"the EM objective decreased at {len(drops)} of {len(history)} iterations (the largest "
+                      f"drop, {drop:.3g} at iteration {at}, is beyond round-off {round_off:.1g}): some step is "
+                      "not an EM step (an inexact M-step?); drops are not counted as convergence",
+                      ConvergenceWarning, stacklevel=2)
+    return Run(state, history, converged)
+
+
+ROUND_OFF = 1000  # a drop of the objective up to ROUND_OFF * eps * max(1, |objective|) is rounding
 
 
 class EMEstimator:

@@ -45,3 +45,22 @@ def test_the_truth_comes_back_on_the_inputs_device():
                      (data.density(x.cpu()), data.density(x))]:
         assert gpu.device.type == "cuda"
         torch.testing.assert_close(cpu, gpu.cpu())
+
+
+@cuda
+def test_mixture_of_linear_experts_on_cuda_matches_cpu():
+    split = mu.data.roof().split(1000, seed=0, dtype=torch.float64)
+    fits = {}
+    for where, (x, y, device) in {"cpu": (split.x_train, split.y_train, None),
+                                  "cuda inputs": (split.x_train.cuda(), split.y_train.cuda(), None),
+                                  "device='cuda'": (split.x_train, split.y_train, "cuda")}.items():
+        fits[where] = mu.MixtureOfLinearExperts(3, n_init=2, seed=0, device=device).fit(x, y)
+    cpu = fits.pop("cpu")
+    for where, gpu in fits.items():
+        fitted = (gpu.weights_, gpu.biases_, gpu.noise_var_, *gpu.gate_.parameters(), gpu.predict(split.x_test))
+        assert all(t.device.type == "cuda" and t.dtype == torch.float64 for t in fitted), where
+        assert gpu.n_iter_ == cpu.n_iter_ and abs(gpu.log_likelihood_ - cpu.log_likelihood_) < 1e-9, where
+        # float64 on both: the same EM path, apart from a different summation order
+        torch.testing.assert_close((gpu.weights_.cpu(), gpu.biases_.cpu(), gpu.noise_var_.cpu()),
+                                   (cpu.weights_, cpu.biases_, cpu.noise_var_), rtol=1e-7, atol=1e-9)
+        torch.testing.assert_close(gpu.predict(split.x_test).cpu(), cpu.predict(split.x_test), rtol=1e-7, atol=1e-9)

@@ -71,26 +71,105 @@ def test_fit_recovers_a_known_mixture_up_to_expert_order():
     assert (model.gate_probs(x_new)[:, order] - true_gate).abs().mean() < 0.03
 
 
-def test_one_expert_is_least_squares():
-    x, y, _ = mixture_data(500)
-    model = mu.MixtureOfLinearExperts(1, n_init=1).fit(x, y)
+def weighted_least_squares(x, y, weight):
+    """The reference: (slopes (D,), bias) of one weighted least-squares fit, in float64 by SVD."""
+    x, y, sw = x.double(), y.double(), weight.double().sqrt()[:, None]
     design = torch.cat([x, torch.ones(len(x), 1, dtype=F64)], 1)
-    coef = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
-    torch.testing.assert_close(model.weights_[0], coef[:2])
-    torch.testing.assert_close(model.biases_[0], coef[2])
-    torch.testing.assert_close(model.noise_var_[0], ((design @ coef - y) ** 2).mean())
-    torch.testing.assert_close(model.predict(x), design @ coef)
+    coef = torch.linalg.lstsq(design * sw, y[:, None] * sw, driver="gelsd").solution[:, 0]
+    return coef[:-1], coef[-1]
 
 
-def test_fit_linear_is_weighted_least_squares_for_every_expert():
+# x shifted or scaled far from unit scale: the fit must not care (the old ridge on the bias did)
+MOVES = {"as is": lambda x: x, "x + 100": lambda x: x + 100, "x * 1e4": lambda x: x * 1e4}
+# tolerances against a float64 SVD on the same (rounded) data: slopes relative, predictions
+# relative to max |y|; float32 loses ~1e-6 to rounding, float64 ~1e-13
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("move", MOVES)
+def test_one_expert_is_least_squares(move, dtype):
+    x, y, _ = mixture_data(500)
+    x, y = MOVES[move](x).to(dtype), y.to(dtype)
+    model = mu.MixtureOfLinearExperts(1, n_init=1).fit(x, y)
+    slope, bias = weighted_least_squares(x, y, torch.ones(len(y)))
+    prediction = x.double() @ slope + bias
+    tol, scale = TOL[dtype], y.abs().max().item()
+    torch.testing.assert_close(model.weights_[0].double(), slope, rtol=tol, atol=0)
+    torch.testing.assert_close(model.predict(x).double(), prediction, rtol=0, atol=tol * scale)
+    torch.testing.assert_close(model.noise_var_[0].double(), ((prediction - y.double()) ** 2).mean(), rtol=tol, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("move", MOVES)
+def test_fit_linear_is_weighted_least_squares_for_every_expert(move, dtype):
     x, y, _ = mixture_data(300)
-    resp = torch.rand(300, 3, generator=torch.Generator().manual_seed(1), dtype=F64)
-    weight, bias = mu.experts.fit_linear(x, y, resp, ridge=0.0)
-    design = torch.cat([x, torch.ones(300, 1, dtype=F64)], 1)
+    x, y = MOVES[move](x).to(dtype), y.to(dtype)
+    resp = torch.rand(300, 3, generator=torch.Generator().manual_seed(1), dtype=F64).to(dtype)
+    weight, bias = mu.experts.fit_linear(x, y, resp)
+    assert weight.dtype == bias.dtype == dtype
+    tol, scale = TOL[dtype], y.abs().max().item()
     for e in range(3):
-        sw = resp[:, e].sqrt()[:, None]
-        coef = torch.linalg.lstsq(design * sw, y[:, None] * sw).solution[:, 0]
-        torch.testing.assert_close(torch.cat([weight[e], bias[e:e + 1]]), coef)
+        slope, icpt = weighted_least_squares(x, y, resp[:, e])
+        torch.testing.assert_close(weight[e].double(), slope, rtol=tol, atol=0)
+        torch.testing.assert_close(x.double() @ weight[e].double() + bias[e].double(), x.double() @ slope + icpt,
+                                   rtol=0, atol=tol * scale)
+
+
+def test_fit_linear_ridge_shrinks_the_slopes_only():
+    x, y, _ = mixture_data(300)
+    resp = torch.ones(300, 1, dtype=F64)
+    exact_w, _ = mu.experts.fit_linear(x, y, resp)
+    weight, bias = mu.experts.fit_linear(x + 100, y, resp, ridge=1e6)  # slopes ~ 0: the bias is y's mean
+    assert weight.abs().max() < 1e-4 * exact_w.abs().max()
+    torch.testing.assert_close(bias[0], y.mean() - weight[0] @ (x + 100).mean(0))
+
+
+def test_fit_linear_degenerate_experts_get_finite_minimum_norm_fits():
+    x, y, _ = mixture_data(60)
+    resp = torch.zeros(60, 4, dtype=F64)
+    resp[:, 0] = 1.0                   # every sample, but the features are duplicated below
+    resp[7, 1] = 1.0                   # one sample: slope 0 through it
+    resp[:2, 2] = 1.0                  # two samples, three features: an exact, minimum-norm fit
+    # resp[:, 3] == 0: no weight at all, fitted to every sample equally
+    x3 = torch.cat([x, x[:, :1]], 1)   # (N, 3); feature 2 repeats feature 0
+    weight, bias = mu.experts.fit_linear(x3, y, resp)
+    assert torch.isfinite(weight).all() and torch.isfinite(bias).all()
+    slope, icpt = weighted_least_squares(x, y, resp[:, 0])
+    torch.testing.assert_close(weight[0, 0], weight[0, 2])           # the repeated slope is shared
+    torch.testing.assert_close(torch.stack([weight[0, 0] + weight[0, 2], weight[0, 1]]), slope)
+    torch.testing.assert_close(bias[0], icpt)
+    torch.testing.assert_close(weight[1], torch.zeros(3, dtype=F64))
+    torch.testing.assert_close(bias[1], y[7])
+    torch.testing.assert_close(x3[:2] @ weight[2] + bias[2], y[:2])
+    torch.testing.assert_close((weight[3], bias[3]), (weight[0], bias[0]))  # both: every sample, equally
+    assert (weight[2] != 0).all()  # minimum norm spreads the fit over every feature
+
+
+@pytest.mark.parametrize("move", ["x + 100", "x * 1e4"])
+def test_em_on_moved_inputs_is_monotone_and_the_same_fit(move):
+    split = mu.data.roof().split(600, seed=0, dtype=F64)
+    base = mu.MixtureOfLinearExperts(3, n_init=1, seed=0).fit(split.x_train, split.y_train)
+    model = mu.MixtureOfLinearExperts(3, n_init=1, seed=0).fit(MOVES[move](split.x_train), split.y_train)
+    assert (np.diff(model.log_likelihood_history_) >= -1e-9).all(), np.diff(model.log_likelihood_history_).min()
+    assert model.log_likelihood_ == pytest.approx(base.log_likelihood_, abs=1e-8)
+    torch.testing.assert_close(model.predict(MOVES[move](split.x_test)), base.predict(split.x_test),
+                               rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("gate", ["softmax", "mlp", "constant"])
+def test_float32_with_barely_more_samples_than_experts(gate):
+    for n_experts, d in ((3, 1), (2, 2)):
+        gen = torch.Generator().manual_seed(n_experts)
+        x, y = torch.rand(n_experts + 1, d, generator=gen), torch.rand(n_experts + 1, generator=gen)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = mu.MixtureOfLinearExperts(n_experts, gate=gate, n_init=2, seed=0).fit(x, y)
+        for value in (model.weights_, model.biases_, model.noise_var_, model.predict(x)):
+            assert value.dtype == torch.float32 and torch.isfinite(value).all()
+        assert (model.noise_var_ > 0).all()
+        # no drop of the objective beyond float32 round-off (em.iterate would have warned)
+        assert not [w for w in caught if "decreased" in str(w.message)]
 
 
 def test_responsibilities_sum_to_one_and_match_bayes_rule():
@@ -193,7 +272,7 @@ def test_warns_when_it_does_not_converge():
     assert not model.converged_
 
 
-def test_gradient_m_step_is_slower_and_no_better():
+def test_gradient_m_step_reaches_no_better_objective_than_the_closed_form():
     split = mu.data.zig_step().split(600, seed=0, dtype=F64)
     closed = mu.MixtureOfLinearExperts(2, n_init=1, seed=0).fit(split.x_train, split.y_train)
     grad = mu.MixtureOfLinearExperts(2, n_init=1, seed=0, expert_solver="gradient", gradient_steps=100,
@@ -202,6 +281,63 @@ def test_gradient_m_step_is_slower_and_no_better():
         warnings.simplefilter("ignore", em.ConvergenceWarning)
         grad.fit(split.x_train, split.y_train)
     assert grad.log_likelihood_ <= closed.log_likelihood_ + 1e-6
+
+
+def test_gradient_solver_takes_its_first_m_step_in_closed_form():
+    split = mu.data.zig_step().split(300, seed=0, dtype=F64)
+    fits = []
+    for solver in ("closed_form", "gradient"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", em.ConvergenceWarning)  # one iteration: not converged
+            fits.append(mu.MixtureOfLinearExperts(2, n_init=1, max_iter=1, expert_solver=solver)
+                        .fit(split.x_train, split.y_train))
+    closed, grad = fits
+    torch.testing.assert_close((grad.weights_, grad.biases_, grad.noise_var_),
+                               (closed.weights_, closed.biases_, closed.noise_var_))
+
+
+def steps_through(objectives):
+    """A fake EM step that returns the given objectives one after another."""
+    values = iter(objectives)
+    return lambda state: (state, next(values))
+
+
+def test_iterate_stops_when_the_gain_falls_below_tol():
+    run = em.iterate(steps_through([0.0, 1.0, 1.5, 1.5 + 1e-7, 9.0]), (), max_iter=5, tol=1e-6)
+    assert run.converged and run.history == [0.0, 1.0, 1.5, 1.5 + 1e-7]
+
+
+def test_iterate_reports_a_decrease_instead_of_converging():
+    eps = torch.finfo(F64).eps
+    with pytest.warns(em.ConvergenceWarning, match="decreased at 1 of 4 iterations .* 0.5 at iteration 3"):
+        run = em.iterate(steps_through([0.0, 1.0, 0.5, 0.5]), (), max_iter=10, tol=1e-6, eps=eps)
+    assert run.converged and run.history == [0.0, 1.0, 0.5, 0.5]  # not stopped at the drop
+    with pytest.warns(em.ConvergenceWarning, match="decreased"):
+        run = em.iterate(steps_through([0.0, -1.0, -2.0, -3.0]), (), max_iter=4, tol=1e-6, eps=eps)
+    assert not run.converged
+
+
+def test_iterate_takes_round_off_as_no_change():
+    eps = torch.finfo(F64).eps
+    for level in (1.0, 1e6):  # round-off grows with the objective's magnitude
+        drop = 0.5 * em.ROUND_OFF * eps * level
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", em.ConvergenceWarning)
+            run = em.iterate(steps_through([0.0, level, level - drop]), (), max_iter=3, tol=1e-6, eps=eps)
+        assert run.converged and len(run.history) == 3
+        with pytest.warns(em.ConvergenceWarning, match="decreased"):
+            em.iterate(steps_through([0.0, level, level - 4 * drop, level - 4 * drop]), (), max_iter=4,
+                       tol=1e-6, eps=eps)
+
+
+def test_iterate_raises_on_a_nan_objective():
+    with pytest.raises(FloatingPointError, match="objective became nan at iteration 2"):
+        em.iterate(steps_through([0.0, math.nan]), (), max_iter=5, tol=1e-6)
+
+
+def test_convergence_warning_is_exported():
+    assert mu.ConvergenceWarning is em.ConvergenceWarning and "ConvergenceWarning" in mu.__all__
+    assert issubclass(mu.ConvergenceWarning, UserWarning)
 
 
 @pytest.mark.parametrize("call, error, words", [
@@ -219,6 +355,12 @@ def test_gradient_m_step_is_slower_and_no_better():
     (lambda: mu.MixtureOfLinearExperts(5).fit(torch.arange(3.0), torch.zeros(3)), ValueError, "fewer than n_experts=5"),
     (lambda: mu.MixtureOfLinearExperts(2).predict(torch.zeros(3)), RuntimeError, "not fitted yet"),
     (lambda: mu.MixtureOfLinearExperts(2).fit("abc", torch.zeros(3)), TypeError, "x must be a tensor"),
+    (lambda: mu.MixtureOfLinearExperts(2, device="foo").fit(torch.arange(3.0), torch.zeros(3)), ValueError,
+     "unknown device 'foo'"),
+    (lambda: mu.experts.fit_linear(torch.zeros(4, 1), torch.zeros(4), torch.ones(3, 2)), ValueError,
+     "x has 4, y has 4, resp has 3"),
+    (lambda: mu.experts.fit_linear(torch.zeros(4, 1), torch.zeros(4), torch.ones(4, 2), ridge=-1.0), ValueError,
+     "ridge must be in"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
     with pytest.raises(error, match=words):
@@ -230,3 +372,49 @@ def test_predict_checks_the_number_of_features():
     model = mu.MixtureOfLinearExperts(2, n_init=1).fit(x, y)
     with pytest.raises(ValueError, match=r"x must have 2 feature\(s\)"):
         model.predict(torch.zeros(3, 3, dtype=F64))
+
+
+# ---------------------------------------------------------------- degenerate data: sane fits, no NaN
+def assert_sane(model, x, y):
+    for value in (model.weights_, model.biases_, model.noise_var_, model.predict(x), model.log_prob(x, y)):
+        assert torch.isfinite(value).all()
+    assert (model.noise_var_ > 0).all() and math.isfinite(model.log_likelihood_)
+
+
+@pytest.mark.parametrize("gate", ["softmax", "mlp", "constant"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_constant_y_fits_exactly_with_a_tiny_noise_variance(gate, dtype):
+    x = torch.linspace(-1, 1, 40, dtype=dtype)
+    for value in (2.5, 0.0):
+        y = torch.full((40,), value, dtype=dtype)
+        model = mu.MixtureOfLinearExperts(2, gate=gate, n_init=1).fit(x, y)
+        assert_sane(model, x, y)
+        torch.testing.assert_close(model.predict(x), y)
+        # the noise variance is floored at the rounding level of y: N (eps max|y|)^2 (or tiny)
+        floor = max(len(y) * (torch.finfo(dtype).eps * value) ** 2, torch.finfo(dtype).tiny)
+        torch.testing.assert_close(model.noise_var_, torch.full((2,), floor, dtype=dtype))
+
+
+@pytest.mark.parametrize("gate", ["softmax", "mlp", "constant"])
+def test_constant_x_gives_a_mixture_of_constants(gate):
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.full((60,), 3.0, dtype=F64), torch.randn(60, generator=gen, dtype=F64)
+    for init in ("kmeans", "kmeans_xy", "random"):
+        model = mu.MixtureOfLinearExperts(2, gate=gate, init=init, n_init=1).fit(x, y)
+        assert_sane(model, x, y)
+        torch.testing.assert_close(model.weights_, torch.zeros(2, 1, dtype=F64))
+        prediction = model.predict(x)  # the same for every sample: x tells the experts apart nowhere
+        assert (prediction == prediction[0]).all() and y.min() < prediction[0] < y.max()
+
+
+def test_kmeans_of_identical_points_does_not_fail():
+    labels = em.kmeans(torch.ones(10, 2), 3, torch.Generator().manual_seed(0))
+    assert labels.shape == (10,) and ((labels >= 0) & (labels < 3)).all()
+
+
+@pytest.mark.parametrize("gate", ["softmax", "mlp", "constant"])
+def test_one_sample_one_expert(gate):
+    x, y = torch.tensor([[0.5, -1.0]], dtype=F64), torch.tensor([2.0], dtype=F64)
+    model = mu.MixtureOfLinearExperts(1, gate=gate).fit(x, y)
+    assert_sane(model, x, y)
+    torch.testing.assert_close(model.predict(x), y)
