@@ -8,7 +8,8 @@ Expert e is a ``gates.SoftmaxGate`` used as a C-class linear classifier (C = 2: 
 regression). EM (Jordan & Jacobs, 1994) alternates the E-step r_ne ∝ g_e(x_n) p_e(y_n | x_n) (in
 log space) with Newton (IRLS) M-steps: ``em.fit_softmax`` on the soft labels r_ne one_hot(y_n) for
 each expert, ``em.m_step_gate`` for the gate. ``MoEClassifier`` is the model for gradient training;
-its ``combine="logits"`` is the common shortcut that blends logits instead. Shapes: x (N, D),
+its ``combine="logits"`` is the common shortcut that blends logits instead, and
+``init_from_responsibilities`` starts it where EM starts. Shapes: x (N, D),
 y (N,) in {0, ..., C-1}, gate (N, E), experts' probabilities (N, E, C), predict_proba (N, C).
 
 >>> import moe_utils as mu
@@ -34,8 +35,8 @@ from .gates import standardiser
 from .mole import GATES
 
 __all__ = ["BEST_ACCURACY", "BEST_NLL", "CENTRE", "RADIUS", "MixtureOfLogisticExperts", "MoEClassifier",
-           "blobs", "blobs_split", "circle_rule", "e_step", "expert_log_probs", "m_step_experts", "mse_loss",
-           "nll_loss"]
+           "blobs", "blobs_split", "circle_rule", "e_step", "expert_log_probs", "init_from_responsibilities",
+           "m_step_experts", "mse_loss", "nll_loss"]
 
 CENTRE, RADIUS = (0.0, -2.0), math.sqrt(13.0)  # the circle that splits the blobs
 BEST_ACCURACY, BEST_NLL = 1.0, 0.0  # labels are a deterministic function of x
@@ -88,7 +89,10 @@ def m_step_experts(experts, x, y, resp, l2: float = 1e-2, steps: int = 1) -> nn.
     """New experts (``experts`` unchanged): e raises sum_n r_ne log p_e(y_n | x_n) - l2/2 |V_e|^2.
 
     A weighted softmax regression each: ``steps`` IRLS steps of ``em.fit_softmax`` on the soft
-    labels r_ne one_hot(y_n), (N, C). x (N, D), y (N,), resp (N, E).
+    labels r_ne one_hot(y_n), (N, C). x (N, D), y (N,), resp (N, E). For C = 2 only
+    w_e = v_e1 - v_e0 enters the likelihood and the prior is l2/4 (|w_e|^2 + |v_e0 + v_e1|^2), so
+    a Newton step on V_e moves w_e as IRLS on sum_n r_ne log p_e(y_n | x_n) - l2/4 |w_e|^2 would:
+    gradient X~^T R_e (y - p_e) - (l2/2) w_e, curvature X~^T R_e S_e X~ + (l2/2) I (chapter 4).
     """
     one_hot = nn.functional.one_hot(y, experts[0].n_experts).to(x.dtype)  # a SoftmaxGate's "experts": C
     new = copy.deepcopy(experts)
@@ -265,26 +269,84 @@ class MoEClassifier(nn.Module):
 
     @torch.no_grad()
     def gate_probs(self, x) -> torch.Tensor:
-        """g(x): (N, E), for x of any dtype or device (as are the next two)."""
-        return self.parts(self._like_params(x))[0].exp()
+        """g(x): (N, E), for x (N, D) of any dtype or device (as are the next two); NaN/inf raise."""
+        return self.parts(self._checked(x))[0].exp()
 
     @torch.no_grad()
     def expert_probs(self, x) -> torch.Tensor:
         """softmax of every expert's logits: (N, E, C) (for ``"logits"``, not a part of p(y | x))."""
-        return torch.softmax(self.parts(self._like_params(x))[1], -1)
+        return torch.softmax(self.parts(self._checked(x))[1], -1)
 
     @torch.no_grad()
     def predict_proba(self, x) -> torch.Tensor:
         """p(c | x): (N, C)."""
-        return torch.softmax(self(self._like_params(x)), -1)
+        return torch.softmax(self(self._checked(x)), -1)
 
-    def _like_params(self, x) -> torch.Tensor:
+    def _checked(self, x) -> torch.Tensor:
+        """x (N, D) validated in full (unlike ``forward``, the training hot path), like the parameters."""
         p = next(self.parameters())
-        return torch.as_tensor(x).to(dtype=p.dtype, device=p.device)
+        return checks.matrix("x", x, d=self.gate.n_inputs).to(dtype=p.dtype, device=p.device)
+
+
+def init_from_responsibilities(model: MoEClassifier, x, y, resp, l2: float = 1e-2,
+                               steps: int = 10) -> MoEClassifier:
+    """Start gradient training where EM starts: one M-step from responsibilities, in place.
+
+    Each linear expert is fitted as a softmax regression to the soft labels r_ne one_hot(y_n)
+    (``m_step_experts``, on the gate's standardised inputs, which the experts see), and the gate
+    to ``resp`` (``em.fit_softmax``), ``steps`` Newton steps each with prior precision ``l2``.
+    x (N, D), y (N,) labels, resp (N, E) (for example ``em.init_responsibilities(x, y, E)``).
+    Returns ``model``.
+    """
+    if not isinstance(model, MoEClassifier) or not isinstance(model.experts, LinearExperts):
+        raise TypeError("model must be an MoEClassifier with LinearExperts, got "
+                        f"{type(model).__name__}")
+    gate = model.gate
+    n_classes, n_experts = model.experts.weight.shape[2], gate.n_experts
+    p = next(model.parameters())
+    x = checks.matrix("x", x, d=gate.n_inputs).to(dtype=p.dtype, device=p.device)
+    y = checks.labels("y", y, n_classes, n=x.shape[0], device=p.device)
+    resp = checks.matrix("resp", resp, d=n_experts).to(dtype=p.dtype, device=p.device)
+    checks.same_length(x=x, resp=resp)
+    if (resp < 0).any() or not torch.allclose(resp.sum(-1), torch.ones_like(resp[:, 0])):
+        raise ValueError("resp must hold probabilities over the experts (rows >= 0 summing to 1)")
+    steps = checks.positive_int("steps", steps)
+    l2 = checks.finite_float("l2", l2, 0.0)
+    experts = nn.ModuleList(gates.SoftmaxGate(gate.n_inputs, n_classes, shift=gate.shift, scale=gate.scale).to(x)
+                            for _ in range(n_experts))
+    with torch.no_grad():
+        for e, expert in enumerate(experts):  # start each from the model's own expert
+            expert.weight.copy_(model.experts.weight[e].T)
+            expert.bias.copy_(model.experts.bias[e])
+        experts = m_step_experts(experts, x, y, resp, l2, steps)
+        model.experts.weight.copy_(torch.stack([ex.weight.T for ex in experts]))    # (E, D, C)
+        model.experts.bias.copy_(torch.stack([ex.bias for ex in experts]))          # (E, C)
+        em.fit_softmax(gate, x, resp, l2=l2, steps=steps)
+    return model
+
+
+def _loss_labels(log_probs: torch.Tensor, y) -> torch.Tensor:
+    """y as long labels (N,) for log_probs (N, C). An integer tensor (N,) only gets its length and
+    range checked (cheap in a training loop); anything else goes through ``checks.labels``."""
+    if not torch.is_tensor(log_probs):
+        raise TypeError(f"log_probs must be a tensor (N, C), got {type(log_probs).__name__}")
+    if log_probs.ndim != 2:
+        raise ValueError(f"log_probs must have shape (N, C), got {tuple(log_probs.shape)}")
+    n, n_classes = log_probs.shape
+    integer = torch.is_tensor(y) and not (y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool)
+    if not integer or y.ndim != 1:
+        return checks.labels("y", y, n_classes, n=n, device=log_probs.device)
+    if y.shape[0] != n:
+        raise ValueError(f"y must have {n} entries (one per row of log_probs), got {y.shape[0]}")
+    bad = (y < 0) | (y >= n_classes)
+    if bad.any():
+        raise ValueError(f"y must hold class labels in {{0, ..., {n_classes - 1}}}, got {y[bad][0].item()}")
+    return y.long()
 
 
 def nll_loss(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood -mean_n log p(y_n | x_n); log_probs (N, C), y (N,)."""
+    """Mean negative log-likelihood -mean_n log p(y_n | x_n); log_probs (N, C), y (N,) in {0, ..., C-1}."""
+    y = _loss_labels(log_probs, y)
     return -log_probs.gather(1, y[:, None]).mean()
 
 
@@ -292,6 +354,8 @@ def mse_loss(log_probs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The shortcut's loss: mean over samples and classes of (p_c - one_hot(y)_c)^2.
 
     For C = 2 this equals mean_n (p(1 | x_n) - y_n)^2, an MSE on the sigmoid output.
+    log_probs (N, C), y (N,) in {0, ..., C-1}.
     """
+    y = _loss_labels(log_probs, y)
     one_hot = nn.functional.one_hot(y, log_probs.shape[1]).to(log_probs.dtype)
     return ((log_probs.exp() - one_hot) ** 2).mean()

@@ -130,6 +130,14 @@ def _contour_xy(xs, ys, z, level: float = 0.5, mask=None) -> tuple[np.ndarray, n
     return joined[:, 0], joined[:, 1]
 
 
+def _binary(name: str, probs: np.ndarray, expected: tuple) -> None:
+    """Raise unless ``probs`` has the shape of a binary classifier's probabilities, ``expected``."""
+    if probs.shape != expected:
+        shape = "(G, E, 2)" if len(expected) == 3 else "(G, 2)"
+        raise ValueError(f"{name} must return {shape} probabilities of 2 classes (decision_figure draws "
+                         f"binary classifiers), got {probs.shape}")
+
+
 def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: int = 140,
                     max_points: int = 600, row_height: int = 380, title: str = "") -> go.Figure:
     """Binary classifiers on 2-D inputs, one panel per model, in one interactive figure.
@@ -141,6 +149,7 @@ def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: in
     boundary p(1 | x) = 1/2 (thick black: where an expert's solid line runs inside it, that expert
     draws the boundary; bare black is drawn by the gate), the exact boundary of ``rule`` (a
     function (G, 2) -> (G,) labels, grey dashes) and up to ``max_points`` of the data x (N, 2), y (N,).
+    A model with more than two classes raises ``ValueError``: one contour cannot show its boundaries.
     """
     x, y = _np(x), _np(y).astype(int)
     lo, hi = x.min(0) - 0.5, x.max(0) + 0.5
@@ -151,15 +160,19 @@ def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: in
     for i, (name, model) in enumerate(models.items()):
         at, first = dict(row=i // cols + 1, col=i % cols + 1), i == 0
         experts = []  # (expert, dash, x, y) of every expert's boundary line
+        proba = _np(model.predict_proba(grid))
+        _binary(f"models[{name!r}].predict_proba", proba, (len(grid), 2))
         if hasattr(model, "gate_probs"):
-            gate, probs = _np(model.gate_probs(grid)), _np(model.expert_probs(grid))[..., 1]
+            gate, probs = _np(model.gate_probs(grid)), _np(model.expert_probs(grid))
+            _binary(f"models[{name!r}].expert_probs", probs, (len(grid), gate.shape[1], 2))
+            probs = probs[..., 1]
             owner, n_experts = gate.argmax(1).reshape(shape), gate.shape[1]
             scale = [[k / n_experts, color(e)] for e in range(n_experts) for k in (e, e + 1)]
             fig.add_heatmap(x=xs, y=ys, z=owner, zmin=-0.5, zmax=n_experts - 0.5, colorscale=scale, opacity=0.22,
                             showscale=False, hoverinfo="skip", **at)
             experts = [(e, dash, *_contour_xy(xs, ys, probs[:, e].reshape(shape), mask=mask))
                        for e in range(n_experts) for dash, mask in (("dot", None), ("solid", owner != e))]
-        lx, ly = _contour_xy(xs, ys, _np(model.predict_proba(grid))[:, 1].reshape(shape))
+        lx, ly = _contour_xy(xs, ys, proba[:, 1].reshape(shape))
         fig.add_scatter(x=lx, y=ly, mode="lines", name="model's boundary", legendgroup="model",
                         showlegend=first, line=dict(color="black", width=4.5), **at)
         for e, dash, lx, ly in experts:  # on top of the model's boundary, which they may be part of

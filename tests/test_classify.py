@@ -157,6 +157,14 @@ def test_probabilities_are_in_the_unit_interval_and_sum_to_one(dtype, n_classes)
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1], dtype=dtype))
     for gate in (model.gate_probs(x), net.gate_probs(x), model.responsibilities(x, y)):
         torch.testing.assert_close(gate.sum(-1), torch.ones(400, dtype=dtype))
+    # predict_proba renormalises with a softmax, so check the log-probabilities themselves: the mixture
+    # logsumexp_e(log g_e + log p_e(c)) must sum to one over the classes without any renormalisation
+    logits_net = classify.MoEClassifier.linear(2, n_classes, 3, combine="logits").to(dtype)
+    with torch.no_grad():
+        for log_probs in (model.predict_log_proba(x), net(x), logits_net(x)):
+            assert log_probs.dtype == dtype and (log_probs <= 0).all()
+            torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(400, dtype=dtype))
+        torch.testing.assert_close(net.predict_proba(x), net(x).exp())
     assert model.predict_proba(x).shape == (400, n_classes) and model.predict(x).dtype == torch.long
     assert (model.log_prob(x, y) <= 0).all() and model.log_prob(x, y).shape == (400,)
     score = model.score(x, y)
@@ -198,6 +206,69 @@ def test_one_expert_makes_both_combinations_equal_and_losses_are_what_they_say()
     p1 = probs(x).exp()[:, 1]
     torch.testing.assert_close(classify.mse_loss(probs(x), y), ((p1 - y) ** 2).mean())  # MSE on the sigmoid
     torch.testing.assert_close(classify.nll_loss(probs(x), y), -torch.log(torch.where(y == 1, p1, 1 - p1)).mean())
+
+
+def test_losses_check_the_labels_and_accept_integral_floats():
+    log_probs = torch.log_softmax(torch.randn(5, 3, dtype=F64), -1)
+    y = torch.tensor([0, 2, 1, 1, 0])
+    for loss in (classify.nll_loss, classify.mse_loss):
+        for same in (y.int(), y.double(), y.numpy(), y[:, None]):  # converted to the same long labels
+            torch.testing.assert_close(loss(log_probs, same), loss(log_probs, y))
+
+
+def test_init_from_responsibilities_is_one_m_step_of_em():
+    s = classify.blobs_split(600, seed=0, dtype=F64)
+    x, y = s.x_train, s.y_train
+    shift, scale = mu.gates.standardiser(x)
+    resp = em.init_responsibilities(x, y.to(F64), 3, "kmeans", seed=0)
+    net = classify.MoEClassifier.linear(2, 2, 3, gate="mlp", seed=0, shift=shift, scale=scale).to(F64)
+    assert classify.init_from_responsibilities(net, x, y, resp) is net
+    # the same M-step, by hand: each expert a softmax regression on r_ne one_hot(y_n), the gate fitted to resp
+    gen = torch.Generator().manual_seed(0)
+    experts = torch.nn.ModuleList(mu.gates.SoftmaxGate(2, 2, shift=shift, scale=scale, generator=gen).to(F64)
+                                  for _ in range(3))
+    experts = classify.m_step_experts(experts, x, y, resp, steps=30)
+    expected = classify.expert_log_probs(experts, x).exp()                              # (N, E, C)
+    torch.testing.assert_close(net.expert_probs(x), expected, atol=1e-6, rtol=0)
+    gate = classify.MoEClassifier.linear(2, 2, 3, gate="mlp", seed=0, shift=shift, scale=scale).to(F64).gate
+    before = em._gate_objective(gate, x, resp, 1e-2).item()
+    with torch.no_grad():
+        em.fit_softmax(gate, x, resp, l2=1e-2, steps=10)
+    torch.testing.assert_close(net.gate_probs(x), gate(x).exp().detach())
+    assert em._gate_objective(net.gate, x, resp, 1e-2).item() > before + 0.1
+    start = mu.metrics.class_scores(net(x).detach(), y).accuracy
+    assert start > 0.8  # k-means regions of the two blobs, a line each: far better than a random net
+    with pytest.raises(ValueError, match="resp must have 3 feature"):
+        classify.init_from_responsibilities(net, x, y, resp[:, :2])
+    with pytest.raises(ValueError, match="y must hold class labels"):
+        classify.init_from_responsibilities(net, x, y + 1, resp)
+    with pytest.raises(ValueError, match="resp must hold probabilities"):
+        classify.init_from_responsibilities(net, x, y, resp * 2)
+
+
+def test_one_newton_step_is_the_chapters_irls_update():
+    # Chapter 4, eq-cls-irls: w <- (X~^T R S X~ + (l2/2) I)^-1 X~^T R S z with z = X~ w + S^-1 (y - p), where
+    # w = v_1 - v_0 (weights and bias) of a 2-class softmax expert on the standardised inputs X~ = (x', 1),
+    # R = diag(r), S = diag(p (1 - p)). A penalty of l2 / 2 |V|^2 is l2 / 4 |w|^2 in w, hence l2 / 2, not l2.
+    x, y, _ = logistic_mixture(300)
+    l2 = 5.0  # large, so that l2 and l2 / 2 give clearly different steps
+    r = torch.rand(300, 1, generator=torch.Generator().manual_seed(1), dtype=F64)
+    shift, scale = mu.gates.standardiser(x)
+    expert = mu.gates.SoftmaxGate(2, 2, shift=shift, scale=scale, generator=torch.Generator().manual_seed(2))
+    expert = expert.to(F64)
+
+    def w_of(ex):
+        return torch.cat([ex.weight[1] - ex.weight[0], (ex.bias[1] - ex.bias[0])[None]]).detach()
+
+    feats = torch.cat([expert.features(x), torch.ones(300, 1, dtype=F64)], 1)            # (N, D + 1)
+    w = w_of(expert)
+    p = torch.sigmoid(feats @ w)
+    rs = r[:, 0] * p * (1 - p)
+    z = feats @ w + (y - p) / (p * (1 - p))
+    expected = torch.linalg.solve(feats.T @ (rs[:, None] * feats) + l2 / 2 * torch.eye(3, dtype=F64),
+                                  feats.T @ (rs * z))
+    new = classify.m_step_experts(torch.nn.ModuleList([expert]), x, y, r, l2=l2, steps=1)[0]
+    torch.testing.assert_close(w_of(new), expected, atol=1e-8, rtol=1e-7)
 
 
 def test_gradient_training_learns():
@@ -272,10 +343,37 @@ M = classify.MixtureOfLogisticExperts
     (lambda: mu.metrics.reliability(torch.tensor([0.5, 1.5]), torch.tensor([0, 1])), ValueError, "prob must hold"),
     (lambda: mu.metrics.reliability(torch.tensor([0.5]), torch.tensor([0]), n_bins=0), ValueError, "n_bins must be >= 1"),
     (lambda: mu.metrics.class_scores(torch.zeros(3, 2), torch.tensor([0, 1])), ValueError, "y must have 3 entries"),
+    (lambda: classify.nll_loss(torch.zeros(5, 2), torch.tensor([1])), ValueError, r"y must have 5 entries.*got 1"),
+    (lambda: classify.mse_loss(torch.zeros(5, 2), torch.tensor([1])), ValueError, r"y must have 5 entries.*got 1"),
+    (lambda: classify.nll_loss(torch.zeros(5, 2), torch.tensor([0, 1, 2, 1, 0])), ValueError,
+     r"y must hold class labels in \{0, ..., 1\}, got 2"),
+    (lambda: classify.mse_loss(torch.zeros(5, 2), torch.tensor([0, 1, -1, 1, 0])), ValueError, "class labels.*got -1"),
+    (lambda: classify.nll_loss(torch.zeros(5, 2), torch.tensor([0, 1, 0.5, 1, 0])), ValueError, "y must hold.*got 0.5"),
+    (lambda: classify.mse_loss(torch.zeros(5, 2), torch.tensor([0.0, 1, math.nan, 1, 0])), ValueError,
+     "y contains NaN"),
+    (lambda: classify.nll_loss(torch.zeros(5, 2), torch.zeros(5, 2, dtype=torch.long)), ValueError, "y must have shape"),
+    (lambda: classify.nll_loss(torch.zeros(5), torch.zeros(5, dtype=torch.long)), ValueError,
+     r"log_probs must have shape \(N, C\), got \(5,\)"),
+    (lambda: classify.mse_loss([[0.0, 0.0]], torch.zeros(1, dtype=torch.long)), TypeError, "log_probs must be a tensor"),
+    (lambda: classify.MoEClassifier.linear(2, 2, 2).predict_proba(torch.zeros(3, 3)), ValueError,
+     r"x must have 2 feature\(s\)"),
+    (lambda: classify.init_from_responsibilities(torch.nn.Linear(2, 2), X, Y, torch.ones(6, 2) / 2), TypeError,
+     "model must be an MoEClassifier"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
     with pytest.raises(error, match=words):
         call()
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("method", ["predict_proba", "gate_probs", "expert_probs"])
+def test_network_prediction_helpers_reject_nan_and_inf(method, bad):
+    net = classify.MoEClassifier.linear(2, 2, 3, gate="mlp")
+    x = torch.zeros(4, 2, dtype=F64)
+    x[2, 1] = bad
+    with pytest.raises(ValueError, match="x contains NaN or inf"):
+        getattr(net, method)(x)
+    assert getattr(net, method)(x.nan_to_num(0.0, 0.0, 0.0)).isfinite().all()  # float64 in, float32 net: fine
 
 
 def test_predict_checks_the_number_of_features():

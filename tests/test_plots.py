@@ -1,4 +1,5 @@
 import plotly.io as pio
+import pytest
 import torch
 
 import moe_utils as mu
@@ -18,3 +19,21 @@ def test_traces_split_by_regime_and_sort_lines():
     assert list(line.x) == [0.0, 1.0, 2.0] and list(line.y) == [0.0, 1.0, 4.0]
     fig = mu.plots.subplots(["a", "b", "c", "d"], cols=3)
     assert fig.layout.height == 2 * 300 + 140
+
+
+class _ThreeClasses:
+    """A model without a gate whose predict_proba has three columns."""
+
+    def predict_proba(self, x):
+        return torch.full((len(x), 3), 1 / 3)
+
+
+def test_decision_figure_refuses_more_than_two_classes():
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    y = (x[:, 0] > 0).long()
+    net = mu.classify.MoEClassifier.linear(2, 2, 2)
+    assert len(mu.plots.decision_figure({"two classes": net}, x, y, resolution=20).data) > 0
+    for model in (mu.classify.MoEClassifier.linear(2, 3, 2), _ThreeClasses()):
+        with pytest.raises(ValueError, match=r"models\['three'\]\.predict_proba must return \(G, 2\) probabilities "
+                                             r"of 2 classes .*got \(400, 3\)"):
+            mu.plots.decision_figure({"two": net, "three": model}, x, y, resolution=20)
