@@ -39,10 +39,12 @@ class Output(NamedTuple):
     """What a forward pass returns; N samples, E experts, O outputs."""
 
     means: torch.Tensor      # (N, E, O) every expert's prediction
-    log_gates: torch.Tensor  # (N, E) the gate's log-probabilities
+    log_gates: torch.Tensor  # (N, E) the gate's log-probabilities: in training, of the sample
+                             # a Gumbel gate drew; in eval with argmax, 0 and -inf
     weights: torch.Tensor    # (N, E) the mixing weights used (a sample, for a Gumbel gate)
     mean: torch.Tensor       # (N, O) the mixture's prediction sum_e w_e f_e
     log_var: torch.Tensor    # (E, O) the experts' log noise variances
+    hard: bool = False       # weights are a hard straight-through sample, not exp(log_gates)
 
 
 class MixtureOfExperts(nn.Module):
@@ -79,7 +81,8 @@ class MixtureOfExperts(nn.Module):
         means = self.experts(x)                                   # (N, E, O)
         log_gates, weights = self.gate.mix(x)                     # (N, E), (N, E)
         mean = torch.einsum("ne,neo->no", weights, means)
-        return Output(means, log_gates, weights, mean, self.log_var)
+        hard = isinstance(self.gate, GumbelGate) and self.gate.training and self.gate.hard
+        return Output(means, log_gates, weights, mean, self.log_var, hard)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor, out: Output | None = None) -> torch.Tensor:
         """log p(y | x) of the mixture, per sample: (N,). y is (N, O) or (N,) when O = 1."""
@@ -118,19 +121,25 @@ def init_from_responsibilities(model: MixtureOfExperts, x: torch.Tensor, y: torc
 
 
 def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
-    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), exact even for one-hot weights.
+    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), exact for any weights.
 
-    Written as top + log sum_e w_e exp(l_e - top), where top is the exact (detached) value
-    logsumexp(log w + l), so the sum is 1 at the current point. Unlike logsumexp(log w + l),
-    weights that are exactly 0 (hard, straight-through samples) still get their gradient
-    exp(l_e - top); the exponent is capped at 60 so that it stays finite in float32 (the cap
-    only touches weights below e^-60, whose terms are negligible).
+    Gate probabilities are mixed in log space, logsumexp(log g + l): exact and stable even
+    where a gate is (almost) one-hot. A hard straight-through sample (``out.hard``) must pass
+    gradients to weights that are exactly 0, which log space cannot, so it is written as
+    top + log sum_e w_e exp(l_e - top), with top = logsumexp(log w + l) detached (the sum is 1
+    at the current point). Expert e's weight then gets the gradient exp(l_e - top), how much
+    better e explains y than the chosen expert; that ratio can be astronomically large for a
+    badly routed sample, so it is capped at e^20, lest one sample overflow the optimiser.
     """
     var = out.log_var.exp()                                                   # (E, O)
     log_n = -0.5 * (((y[:, None, :] - out.means) ** 2) / var + out.log_var + _LOG_2PI).sum(-1)  # (N, E)
+    if not out.hard:
+        return torch.logsumexp(out.log_gates + log_n, dim=-1)
+    w = out.weights                                                           # 0 or ~1
     with torch.no_grad():
-        top = torch.logsumexp(out.weights.log() + log_n, dim=-1, keepdim=True)  # (N, 1)
-    total = (out.weights * torch.exp((log_n - top).clamp(max=60.0))).sum(-1)
+        top = torch.logsumexp(w.log() + log_n, dim=-1, keepdim=True)         # (N, 1)
+        cap = torch.where(w > 0, math.inf, 20.0)                              # (N, E)
+    total = (w * torch.exp(torch.minimum(log_n - top, cap))).sum(-1)
     return torch.log(total) + top[:, 0]
 
 

@@ -70,15 +70,22 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
         temperature).
     """
     epochs = checks.positive_int("epochs", epochs)
+    lr = checks.finite_float("lr", lr, 0.0, low_open=True)
+    _check_data(x=x, y=y)
     n = checks.same_length(x=x, y=y)
     if (x_val is None) != (y_val is None):
         raise ValueError("x_val and y_val must be given together")
-    if patience is not None and x_val is None:
-        raise ValueError("patience needs a validation split (x_val, y_val)")
+    if x_val is not None:
+        _check_data(x_val=x_val, y_val=y_val)
+        checks.same_length(x_val=x_val, y_val=y_val)
+    if patience is not None:
+        patience = checks.positive_int("patience", patience, minimum=0)
+        if x_val is None:
+            raise ValueError("patience needs a validation split (x_val, y_val)")
     batch = n if batch_size is None else checks.positive_int("batch_size", batch_size)
     opt = optimizer(model.parameters()) if optimizer is not None else torch.optim.Adam(model.parameters(), lr=lr)
     schedule = anneal(lr, lr_end, epochs) if lr_end is not None else None
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     history, best_state, best_val, waited = History(), None, math.inf, 0
     bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False, mininterval=1.0)
     t0 = time.perf_counter()
@@ -117,3 +124,12 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
     model.eval()
     history.seconds = time.perf_counter() - t0
     return history
+
+
+def _check_data(**tensors: torch.Tensor) -> None:
+    """Each must be a tensor with a sample axis and no NaN or inf (checked once, before training)."""
+    for name, t in tensors.items():
+        if not torch.is_tensor(t) or t.ndim == 0:
+            raise TypeError(f"{name} must be a tensor of shape (N, ...), got {type(t).__name__}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or inf")

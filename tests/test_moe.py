@@ -32,11 +32,31 @@ def test_both_losses_on_a_hand_computed_case():
         model.gate.weight.zero_()
         model.gate.bias.zero_()  # g = (1/2, 1/2)
         model.log_var.copy_(torch.log(torch.tensor([[1.0], [4.0]])))
-    x, y = torch.zeros(1, 1), torch.tensor([1.0])
+    x, y = torch.zeros(2, 1), torch.tensor([1.0, 4.0])
     out = model(x)
-    assert cooperative_loss(out, y).item() == pytest.approx(0.0)  # blend = 1 = y
-    density = 0.5 * math.exp(-0.5) / math.sqrt(2 * math.pi) + 0.5 * math.exp(-0.125) / math.sqrt(8 * math.pi)
-    assert competitive_loss(out, y).item() == pytest.approx(-math.log(density), rel=1e-6)
+    assert cooperative_loss(out, y).item() == pytest.approx((0.0**2 + 3.0**2) / 2)  # blend = 1
+    def density(t):
+        return 0.5 * math.exp(-t**2 / 2) / math.sqrt(2 * math.pi) + 0.5 * math.exp(-(t - 2)**2 / 8) / math.sqrt(8 * math.pi)
+    expected = -(math.log(density(1.0)) + math.log(density(4.0))) / 2
+    assert competitive_loss(out, y).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mixture_log_density_is_exact_for_one_hot_weights(dtype):
+    """A hard gate on an expert far from the target: log p is the Gaussian's, not cut off."""
+    means = torch.tensor([[[1.0], [0.0]]], dtype=dtype, requires_grad=True)   # (N=1, E=2, O=1)
+    weights = torch.tensor([[1.0, 0.0]], dtype=dtype, requires_grad=True)
+    log_var = torch.full((2, 1), math.log(0.05**2), dtype=dtype, requires_grad=True)
+    out = mu.moe.Output(means, weights.log(), weights, means[:, 0], log_var, hard=True)
+    y = torch.zeros(1, 1, dtype=dtype)
+    log_p = -competitive_loss(out, y)  # one sample: its log density
+    exact = Normal(torch.tensor(1.0, dtype=torch.float64), 0.05).log_prob(torch.tensor(0.0, dtype=torch.float64))
+    assert log_p.item() == pytest.approx(exact.item(), rel=1e-6)   # about -198 nats
+    log_p.sum().backward()
+    assert means.grad[0, 0, 0].item() == pytest.approx(-1.0 / 0.05**2, rel=1e-5)  # d/dmu = (y - mu) / var
+    assert log_var.grad[0, 0].item() == pytest.approx(0.5 * (1.0 / 0.05**2) - 0.5, rel=1e-5)
+    assert torch.isfinite(weights.grad).all() and weights.grad[0, 1] > 0    # the other expert is better
+    assert weights.grad[0, 0].item() == pytest.approx(1.0)                  # d log(w_0 N_0) / d w_0
 
 
 def test_one_expert_equals_that_expert_alone():
@@ -47,11 +67,18 @@ def test_one_expert_equals_that_expert_alone():
     torch.testing.assert_close(out.mean, alone)
     sd = model.log_var[0, 0].exp().sqrt()
     torch.testing.assert_close(model.log_prob(x, y), Normal(alone[:, 0], sd).log_prob(y))
-    grads = torch.autograd.grad(competitive_loss(out, y), [model.experts.weight, model.experts.bias])
-    reference = torch.autograd.grad(-Normal(alone[:, 0], sd).log_prob(y).mean(),
-                                    [model.experts.weight, model.experts.bias])
-    for a, b in zip(grads, reference):
-        torch.testing.assert_close(a, b)
+    params = [model.experts.weight, model.experts.bias, model.log_var]
+    for loss, reference in [
+        (competitive_loss(out, y), -Normal(alone[:, 0], sd).log_prob(y).mean()),
+        (cooperative_loss(out, y), ((alone[:, 0] - y) ** 2).mean()),
+    ]:
+        assert loss.item() == pytest.approx(reference.item(), rel=1e-6)
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        expected = torch.autograd.grad(reference, params, retain_graph=True, allow_unused=True)
+        for a, b in zip(grads, expected):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(a, b)
 
 
 def test_low_temperature_is_the_argmax_gate():
@@ -110,11 +137,14 @@ def test_init_from_responsibilities_is_one_m_step():
         mu.moe.init_from_responsibilities(MixtureOfExperts.mlp(1, 1, 3), x, y, resp)
 
 
-@pytest.mark.parametrize("dtype", [torch.float64])
-def test_to_another_dtype_keeps_working(dtype):
-    model = tiny_model(3, gate="mlp").to(dtype)
-    x, y = torch.randn(10, 1, dtype=dtype), torch.randn(10, dtype=dtype)
-    assert competitive_loss(model(x), y).dtype == dtype
+@pytest.mark.parametrize("gate, kwargs", [("mlp", {}), ("gumbel", {"hard": True}), ("gumbel_mlp", {})])
+def test_to_another_dtype_keeps_working(gate, kwargs):
+    model = tiny_model(3, gate=gate, **kwargs).to(torch.float64).train()
+    x, y = torch.randn(10, 1, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    for loss in (competitive_loss(model(x), y), cooperative_loss(model(x), y)):
+        assert loss.dtype == torch.float64
+        loss.backward()
+    assert all(p.grad.dtype == torch.float64 and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
 @cuda
@@ -125,6 +155,10 @@ def test_to_cuda_matches_cpu(gate):
     cpu = model.log_prob(x, y)
     gpu = model.to("cuda").log_prob(x.cuda(), y.cuda())
     torch.testing.assert_close(cpu, gpu.cpu(), rtol=1e-4, atol=1e-5)
+    model.train()  # a training step on the GPU (a Gumbel gate samples its noise there)
+    loss = competitive_loss(model(x.cuda()), y.cuda())
+    loss.backward()
+    assert all(p.grad.is_cuda and torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
 def test_training_helper_early_stopping_restores_the_best_epoch():
@@ -171,6 +205,15 @@ def test_anneal_schedule_endpoints():
     (lambda: mu.train.fit(tiny_model(), cooperative_loss, torch.zeros(4, 1), torch.zeros(4), patience=3),
      ValueError, "patience needs a validation split"),
     (lambda: mu.train.anneal(0.0, 1.0, 10), ValueError, "start must be in"),
+    (lambda: mu.train.fit(tiny_model(), cooperative_loss, torch.tensor([[float("nan")]]), torch.zeros(1)),
+     ValueError, "x contains NaN or inf"),
+    (lambda: mu.train.fit(tiny_model(), cooperative_loss, torch.zeros(4, 1), torch.zeros(4),
+                          x_val=torch.zeros(2, 1), y_val=torch.tensor([0.0, float("inf")])),
+     ValueError, "y_val contains NaN or inf"),
+    (lambda: mu.train.fit(tiny_model(), cooperative_loss, [[0.0]], torch.zeros(1)), TypeError, "x must be a tensor"),
+    (lambda: mu.train.fit(tiny_model(), cooperative_loss, torch.zeros(4, 1), torch.zeros(4), lr=-1.0),
+     ValueError, "lr must be in"),
+    (lambda: setattr(GumbelGate(SoftmaxGate(1, 3)), "temperature", -5.0), ValueError, "temperature must be in"),
 ])
 def test_bad_input_raises_a_clear_error(call, error, words):
     with pytest.raises(error, match=words):
