@@ -18,7 +18,7 @@ test: $(STAMP)  ## run every test (unit tests, nbval on every chapter, book buil
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	# torch first, at the pinned version: an unpinned torch pulls several GB of CUDA wheels.
+	# torch first, at the pinned version, so that nothing installed later swaps its build.
 	$(BIN)/pip install --quiet -c constraints.txt torch
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
@@ -28,7 +28,7 @@ sync: $(STAMP)  ## write the Colab badges and setup cells from the repository UR
 
 execute: sync  ## re-execute every chapter in place, on the CPU, with default parameters
 	for nb in $(CHAPTERS); do \
-	  CUDA_VISIBLE_DEVICES= $(BIN)/papermill --cwd chapters -k python3 $$nb $$nb || exit 1; \
+	  MOE_UTILS_DEVICE=cpu $(BIN)/papermill --cwd chapters -k python3 $$nb $$nb || exit 1; \
 	done
 
 html: $(STAMP)  ## build the HTML book from the executed chapters; warnings are errors

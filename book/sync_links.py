@@ -32,7 +32,7 @@ import sys
 
 if importlib.util.find_spec("moe_utils") is None:
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet",
-                    "git+{url}@{branch}"], check=True)
+                    "moe_utils[chapters] @ git+{url}@{branch}"], check=True)
 
 import moe_utils as mu
 

@@ -6,6 +6,7 @@ device(type='cpu')
 >>> gen = mu.seed(0)          # seeds torch, numpy and random; returns a torch.Generator
 """
 
+import os
 import random
 
 import numpy as np
@@ -19,13 +20,17 @@ __all__ = ["device", "seed"]
 def device(name: str | torch.device = "auto") -> torch.device:
     """The torch device to use: ``"auto"`` picks CUDA, then Apple's MPS, then the CPU.
 
-    Any other name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is checked and returned
+    The environment variable ``MOE_UTILS_DEVICE`` (e.g. ``cpu``), when set, replaces what
+    ``"auto"`` picks: ``make book`` uses it to execute every chapter on the CPU with the
+    chapters' default parameters. Any other name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``) is checked and returned
     as a ``torch.device``; asking for a device that is not available raises ``ValueError``.
     """
     if isinstance(name, torch.device):
         name = str(name)
     if not isinstance(name, str):
         raise TypeError(f"device must be a string such as 'auto', 'cpu' or 'cuda', got {type(name).__name__}")
+    if name == "auto" and os.environ.get("MOE_UTILS_DEVICE"):
+        return device(os.environ["MOE_UTILS_DEVICE"])
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -8,6 +8,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
 
+sys.path.insert(0, str(ROOT / "book"))
+import sync_links  # noqa: E402
+
+URL, BRANCH = sync_links.repository()  # the one place the repository URL lives: _config.yml
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

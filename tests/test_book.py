@@ -6,7 +6,7 @@ import nbformat
 import pytest
 from bs4 import BeautifulSoup
 
-from conftest import CHAPTERS, ROOT
+from conftest import BRANCH, CHAPTERS, ROOT, URL
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,19 @@ def test_every_plotly_figure_is_on_the_page(built_book, chapter):
     # plotly.js is served by the book itself, so the figures render offline too.
     assert (built_book / "_static" / "plotly.min.js").stat().st_size > 1_000_000
     assert page(built_book, chapter).find("script", src=re.compile(r"_static/plotly\.min\.js"))
+    # one MathJax per page, the book's (plotly's renderer adds its own to every figure)
+    mathjax = page(built_book, chapter).find_all("script", src=re.compile(r"mathjax", re.IGNORECASE))
+    assert len(mathjax) == 1, [s["src"] for s in mathjax]
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
 def test_launch_and_download_buttons(built_book, chapter):
     soup = page(built_book, chapter)
     links = [a.get("href", "") for a in soup.find_all("a")]
-    colab = f"https://colab.research.google.com/github/moe-course/moe-course/blob/main/chapters/{chapter.name}"
+    github = URL.removeprefix("https://github.com/")  # owner/name, from _config.yml
+    colab = f"https://colab.research.google.com/github/{github}/blob/{BRANCH}/chapters/{chapter.name}"
     assert colab in links, "no Colab launch link to the committed notebook"
-    assert any(href.startswith("https://mybinder.org/v2/gh/moe-course/moe-course/main") for href in links)
+    assert any(href.startswith(f"https://mybinder.org/v2/gh/{github}/{BRANCH}") for href in links)
     assert soup.select(".dropdown-download-buttons"), "no download button"
 
 

@@ -8,12 +8,7 @@ import sys
 import nbformat
 import pytest
 
-from conftest import CHAPTERS, ROOT
-
-sys.path.insert(0, str(ROOT / "book"))
-import sync_links  # noqa: E402
-
-URL, BRANCH = sync_links.repository()
+from conftest import BRANCH, CHAPTERS, ROOT, URL, sync_links
 
 
 def code_cells(nb):

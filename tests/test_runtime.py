@@ -8,10 +8,19 @@ import moe_utils as mu
 from conftest import cuda
 
 
-def test_auto_picks_the_best_available_device():
+def test_auto_picks_the_best_available_device(monkeypatch):
+    monkeypatch.delenv("MOE_UTILS_DEVICE", raising=False)
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert mu.device("auto").type == expected
     assert mu.device().type == expected
+
+
+def test_auto_obeys_the_environment(monkeypatch):
+    monkeypatch.setenv("MOE_UTILS_DEVICE", "cpu")
+    assert mu.device("auto") == torch.device("cpu")
+    monkeypatch.setenv("MOE_UTILS_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        mu.device("auto")
 
 
 def test_named_devices():
