@@ -196,6 +196,9 @@ class Run(NamedTuple):
     converged: bool
 
 
+ROUND_OFF = 1000  # a drop of the objective up to ROUND_OFF * eps * max(1, |objective|) is rounding
+
+
 def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter: int, tol: float,
             eps: float = torch.finfo(torch.float32).eps) -> Run:
     """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``.
@@ -227,9 +230,6 @@ def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter
                       "not an EM step (an inexact M-step?); drops are not counted as convergence",
                       ConvergenceWarning, stacklevel=2)
     return Run(state, history, converged)
-
-
-ROUND_OFF = 1000  # a drop of the objective up to ROUND_OFF * eps * max(1, |objective|) is rounding
 
 
 class EMEstimator:
