@@ -7,36 +7,54 @@ Shape letters (one glossary for every docstring and for the book's notation page
     N   samples (data points, or tokens in a sparse layer)
     D   input features per sample
     O   outputs per sample
+    F   features an expert is linear in (D for a linear expert, the basis of a Legendre expert)
     E   experts (for a synthetic data set: its regimes, the true experts)
     H   hidden units of a small network
-    C   classes
+    C   classes, or an expert's capacity in a sparse layer
     K   experts chosen per sample (top-k routing)
     S   posterior samples
+    R   ranks (processes) under expert parallelism
+    P   parameters of a router, flattened
     G   grid or quadrature points
 
 Modules:
-    checks    input validation with errors that name the argument
-    runtime   ``device("auto")`` and ``seed``
-    data      synthetic data sets and their best achievable test scores
-    mixture   Gaussian mixtures in log space (mean, log density, responsibilities)
-    experts   stacked experts: closed-form linear fits, and nn.Modules with an expert axis
-    gates     gates as nn.Modules returning log-probabilities (constant, softmax, MLP)
-    em        the EM steps for a mixture of linear experts, as pure functions
-    mole      MixtureOfLinearExperts, the EM estimator built from those steps
-    moe       MixtureOfExperts, an nn.Module for gradient training, and its two losses
-    train     a small training loop (full or mini-batch, early stopping, progress bar)
-    classify  classification: the blobs data set, a mixture of logistic experts (EM and gradient)
-    metrics   test MSE and NLL; accuracy, NLL and calibration of classifiers
-    plots     plotting setup (plotly renderer, colours) and the course's figures
+    data         1-D regression data sets and their best achievable test scores
+    data2d       2-D data sets (the classification blobs) and their best values
+    mixture      mixtures in log space: densities, E-step, mixture likelihood, blend, losses
+    experts      stacked experts (leading axis E): Linear, Legendre, MLP, with a functional call
+    routing      router networks (logits) and routing rules (a ``Routing`` tuple)
+    likelihoods  Gaussian and Categorical heads, with their closed-form M-steps
+    moe          MixtureOfExperts: the one model EM fills and gradient training trains
+    solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
+    em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
+    estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
+    train        one gradient training loop (full or mini-batch, early stopping, tqdm)
+    metrics      MSE/NLL, accuracy/NLL/calibration
+    runtime      ``device("auto")``, ``seed``, ``precise_dtype``
+    plots        plotting setup and the course's figures (imported on first use: a worker
+                 process that never draws never loads plotly or matplotlib)
 """
 
-from . import checks, classify, data, em, experts, gates, metrics, mixture, moe, mole, plots, runtime, train
-from .metrics import Scores, scores
+import importlib
+
+from . import data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
 from .em import ConvergenceWarning
-from .mole import MixtureOfLinearExperts
+from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
+from .metrics import Scores, scores
+from .mixture import competitive_loss, cooperative_loss
+from .moe import MixtureOfExperts
+from .routing import Routing
 from .runtime import device, seed
 
 __version__ = "0.1.0"
 
-__all__ = ["ConvergenceWarning", "MixtureOfLinearExperts", "Scores", "checks", "classify", "data", "device", "em",
-           "experts", "gates", "metrics", "mixture", "moe", "mole", "plots", "runtime", "scores", "seed", "train"]
+__all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
+           "Routing", "Scores", "competitive_loss", "cooperative_loss", "data", "data2d", "device", "em",
+           "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing", "runtime",
+           "scores", "seed", "solvers", "train"]
+
+
+def __getattr__(name: str):
+    if name == "plots":  # lazily: plotly and matplotlib take a second to import
+        return importlib.import_module(".plots", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

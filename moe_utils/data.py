@@ -37,7 +37,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import checks, mixture, runtime
+from . import _checks as checks
+from . import mixture, runtime
 from .metrics import Scores
 
 __all__ = [
@@ -155,8 +156,8 @@ class Regimes:
         """
         n = checks.positive_int("n", n)
         gen = torch.Generator().manual_seed(checks.seed(seed))
-        dtype = checks.float_dtype("dtype", dtype)
         device = runtime.device(device) if device is not None else None
+        dtype = checks.float_dtype("dtype", dtype, device)
         z = torch.multinomial(self.weights, n, replacement=True, generator=gen)
         x = self.lo[z] + (self.hi[z] - self.lo[z]) * torch.rand(n, generator=gen, dtype=_F64)
         f = self.expert_means(x).gather(1, z[:, None])[:, 0]
@@ -226,7 +227,7 @@ class Regimes:
 
     def _log_prob(self, x: torch.Tensor, y: torch.Tensor, x_train=None) -> torch.Tensor:
         log_g = torch.log(self._gate(x, x_train))
-        return mixture.log_prob(log_g, self._expert_means(x), torch.tensor(self.noise**2, dtype=_F64), y)
+        return mixture.log_prob(log_g, mixture.gaussian_log_prob(y[:, None], self._expert_means(x), self.noise**2))
 
     # ---------------------------------------------------------------- best achievable
     def best(self, x_test, y_test, x_train=None) -> Scores:

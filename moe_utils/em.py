@@ -1,44 +1,44 @@
-"""EM for a mixture of linear experts, as pure functions (the estimator lives in ``mole``).
+"""EM for any ``MixtureOfExperts``: pure steps, starts, and one fitting loop.
 
-The model (Jordan & Jacobs, 1994): expert e predicts y ~ N(w_e . x + b_e, var_e) and a gate
-g(x) picks an expert. With the expert of each sample as a latent variable, EM alternates
+With the expert of each sample as a latent variable (Jordan and Jacobs, 1994), EM alternates
 
-    E-step:  r_ne = g_e(x_n) N(y_n; mu_ne, var_e) / sum_e' g_e'(x_n) N(y_n; mu_ne', var_e')
-    M-step:  experts by weighted least squares (closed form), var_e = weighted residual variance,
-             gate by maximising sum_n sum_e r_ne log g_e(x_n) (plus its log prior).
+    E-step:  r_ne = g_e(x_n) p_e(y_n | x_n) / sum_e' g_e'(x_n) p_e'(y_n | x_n)      (``e_step``)
+    M-step:  each part raises its share of sum_n sum_e r_ne [log g_e(x_n) + log p_e(y_n | x_n)]
+             plus its log prior                                                     (``m_step``)
 
-Every step never decreases the objective: the mean log-likelihood plus the gate's log prior / N.
-Shapes: x (N, D), y (N,), resp (N, E), weight (E, D), bias (E,), var (E,).
+The M-step asks each part to do its own: the likelihood head solves the experts (weighted least
+squares for Gaussian experts, IRLS for Categorical ones, when the experts are linear in their
+parameters; gradient steps otherwise) and the router solves itself (closed form, or Gauss-Newton
+with derivatives from autograd). No step ever asks what kind of router or expert it has.
+
+The objective, the mean log-likelihood per sample plus the log prior / N (plus log p(x) for a
+router that models its inputs), never decreases: ``fit`` records it, stops when it gains less
+than ``tol``, and warns when it did not converge or when it dropped by more than round-off.
 
 >>> import torch, moe_utils as mu
 >>> split = mu.data.zig_step().split(400, seed=0, dtype=torch.float64)
 >>> x, y = split.x_train[:, None], split.y_train
->>> resp = mu.em.init_responsibilities(x, y, 2, "kmeans", seed=0)
->>> gate = mu.gates.SoftmaxGate(1, 2, shift=x.mean(0), scale=x.std(0)).to(x)
->>> for _ in range(20):
-...     weight, bias, var = mu.em.m_step_experts(x, y, resp)
-...     gate = mu.em.m_step_gate(gate, x, resp)
-...     resp, log_lik = mu.em.e_step(gate, weight, bias, var, x, y)
->>> sorted(weight[:, 0].round(decimals=1).tolist())
+>>> model = mu.MixtureOfExperts.linear(1, 1, 2, x=x).double()
+>>> run = mu.em.fit(model, x, y, mu.em.init_responsibilities(x, y, 2, "kmeans"))
+>>> sorted(model.experts.weight[:, 0, 0].div(model.experts.scale).round(decimals=1).tolist())  # slopes
 [1.0, 1.0]
 """
 
-import copy
 import math
-import time
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from . import experts, mixture
-from .gates import ConstantGate, standardiser
+from . import _checks as checks
+from . import mixture
+from ._scaling import standardiser
 
-__all__ = ["ConvergenceWarning", "EMEstimator", "Run", "e_step", "fit_softmax", "gate_log_prior",
-           "init_responsibilities", "iterate", "kmeans", "m_step_experts", "m_step_experts_gradient",
-           "m_step_gate"]
+__all__ = ["ConvergenceWarning", "INITS", "Run", "e_step", "fit", "init_responsibilities", "iterate", "kmeans",
+           "m_step"]
+
+INITS = ("kmeans", "kmeans_xy", "random")
 
 
 class ConvergenceWarning(UserWarning):
@@ -47,121 +47,64 @@ class ConvergenceWarning(UserWarning):
     step, such as an inexact inner solver)."""
 
 
-def e_step(gate, weight, bias, var, x, y) -> tuple[torch.Tensor, float]:
-    """Responsibilities (N, E) and the mean log-likelihood per sample (a float)."""
-    joint = mixture.joint_log_prob(gate(x), experts.linear_means(x, weight, bias), var, y)
-    return torch.softmax(joint, dim=-1).detach(), torch.logsumexp(joint, dim=-1).mean().item()
-
-
-def m_step_experts(x, y, resp, min_var: float = 0.0, ridge: float = 0.0):
-    """Closed-form M-step of the experts: weighted least squares and weighted residual variance.
-
-    Returns weight (E, D), bias (E,), var (E,); every var_e >= ``min_var``. ``ridge``: see
-    ``experts.fit_linear`` (0: exact; degenerate experts get the minimum-norm fit).
-    """
-    weight, bias = experts.fit_linear(x, y, resp, ridge)
-    var = experts.noise_variance(y, experts.linear_means(x, weight, bias), resp, min_var)
-    return weight, bias, var
-
-
-def m_step_experts_gradient(x, y, resp, weight, bias, var, steps: int = 200, lr: float = 0.01,
-                            min_var: float = 0.0):
-    """The same M-step done the slow way: Adam on the expected complete-data NLL.
-
-    This is the common mistake the closed form avoids: an inner gradient loop that costs
-    ``steps`` passes over the data per EM iteration and only approaches the exact solution.
-    """
-    weight, bias = weight.detach().clone().requires_grad_(), bias.detach().clone().requires_grad_()
-    log_var = torch.log(var.detach().clamp_min(max(min_var, 1e-12))).requires_grad_()
-    opt = torch.optim.Adam([weight, bias, log_var], lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        log_p = mixture.gaussian_log_prob(y[:, None], experts.linear_means(x, weight, bias), log_var.exp())
-        (-(resp * log_p).sum() / len(y)).backward()
-        opt.step()
-    return weight.detach(), bias.detach(), log_var.detach().exp().clamp_min(min_var)
-
-
-def gate_log_prior(gate, l2: float = 1e-3, alpha: float = 1.0) -> float:
-    """log p(gate) up to a constant: Dirichlet(alpha) on constant weights, N(0, 1/l2) otherwise."""
-    if isinstance(gate, ConstantGate):
-        return (alpha - 1.0) * torch.log_softmax(gate.logit, -1).sum().item()
-    return -0.5 * l2 * sum((p**2).sum().item() for p in gate.parameters())
-
-
-def m_step_gate(gate, x, resp, l2: float = 1e-3, alpha: float = 1.0, steps: int = 10):
-    """A new gate that increases sum_n sum_e r_ne log g_e(x_n) + log p(gate); ``gate`` is unchanged.
-
-    ``ConstantGate``: closed form (the MAP estimate under a Dirichlet(alpha) prior, alpha >= 1).
-    Any other gate: up to ``steps`` Gauss-Newton steps with a backtracking line search. For the
-    linear-softmax gate the Gauss-Newton matrix is the exact Hessian, so this is Newton's method
-    (IRLS); for the MLP gate it is its positive semi-definite Gauss-Newton approximation.
-    """
-    new = copy.deepcopy(gate)
+def e_step(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Responsibilities (N, E) and the EM objective per sample (a float), in eval mode."""
+    model.eval()
     with torch.no_grad():
-        if isinstance(new, ConstantGate):
-            counts = resp.sum(0) + (alpha - 1.0)
-            new.logit.copy_(torch.log(counts / counts.sum()) * new.temperature)
-        else:
-            fit_softmax(new, x, resp, l2, steps)
-    return new
+        out = model(x)
+        resp, log_p = mixture.e_step(out.routing.log_probs, model.log_lik(out, y))
+        log_p = log_p + model.router.input_log_prob(x)
+        return resp, (log_p.mean() + model.log_prior() / x.shape[0]).item()
 
 
-def _gate_objective(gate, x, resp, l2: float) -> torch.Tensor:
-    """Mean expected complete-data log-likelihood of the gate plus its log prior / N."""
-    penalty = sum((p**2).sum() for p in gate.parameters())
-    return ((resp * gate(x)).sum() - 0.5 * l2 * penalty) / x.shape[0]
+def m_step(model, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, *, router_steps: int = 3,
+           expert_steps: int | None = None, gradient_steps: int = 0, lr: float = 0.01):
+    """One M-step in place, from responsibilities resp (N, E); returns ``model``.
 
-
-def fit_softmax(module, x, targets, l2: float = 1e-3, steps: int = 10) -> None:
-    """Maximise sum_n sum_c t_nc log softmax(f(x_n))_c - l2/2 |theta|^2 in place, by Gauss-Newton.
-
-    ``module`` maps x (N, D) to log-probabilities (N, C) and provides ``jacobian(x)``, the
-    derivative of its logits with respect to its parameters, (N, C, P) (every gate does).
-    ``targets`` (N, C) are soft labels whose rows may sum to any weight w_n >= 0, so the same
-    routine fits a gate to responsibilities (w_n = 1) and a classifier to weighted labels.
-    With p = softmax(f(x) / t) (t the temperature), the gradient is J^T (T - w p) / t - l2 theta
-    and the curvature sum_n w_n J_n^T (diag p_n - p_n p_n^T) J_n / t^2 + l2 I: the exact Hessian
-    for a linear-softmax module (Newton's method, IRLS), a Gauss-Newton approximation otherwise.
-    Each step is kept only after a backtracking line search finds an increase.
+    The likelihood head fits the experts (``expert_steps`` Newton steps for a Categorical head,
+    default its own) and its noise; the router fits itself (``router_steps`` Gauss-Newton steps
+    where it has no closed form). Experts without a closed form (an MLP), or any experts when
+    ``gradient_steps`` > 0, take that many Adam steps (learning rate ``lr``) on the expected
+    complete-data log-likelihood instead: the slow way, which only approaches the M-step's optimum.
+    This is also how gradient training starts where EM starts: one M-step from k-means clusters.
     """
-    t = module.temperature
-    weight = targets.sum(-1)                                                     # (N,)
-    for _ in range(steps):
-        theta = parameters_to_vector(module.parameters())
-        before = _gate_objective(module, x, targets, l2)
-        jac, p = module.jacobian(x) / t, module(x).exp()                         # (N, C, P), (N, C)
-        grad = torch.einsum("nc,ncp->p", targets - weight[:, None] * p, jac) - l2 * theta
-        pj = torch.einsum("nc,ncp->np", p, jac)                                  # (N, P)
-        weighted = (weight[:, None] * p)[:, :, None] * jac                       # (N, C, P)
-        curv = (weighted.flatten(0, 1).T @ jac.flatten(0, 1) - (weight[:, None] * pj).T @ pj).double()
-        eye = torch.eye(len(theta), dtype=curv.dtype, device=x.device)
-        damping = l2 + 1e-9 * curv.diagonal().max().item()  # keeps the solve well posed
-        step = torch.linalg.solve(curv + damping * eye, grad.double()).to(theta.dtype)
-        for scale in 0.5 ** torch.arange(30):
-            vector_to_parameters(theta + scale * step, module.parameters())
-            if _gate_objective(module, x, targets, l2) >= before:
-                break
-        else:  # no step helps: at the optimum, to rounding
-            vector_to_parameters(theta, module.parameters())
-            return
-        if grad.abs().max() < 1e-10 * x.shape[0]:
-            return
+    closed_form = gradient_steps <= 0
+    if closed_form and model.experts.design(x) is None:
+        raise ValueError("these experts have no closed-form M-step: pass gradient_steps > 0")
+    if not closed_form:
+        _gradient_m_step(model, x, y, resp, gradient_steps, lr)
+    model.likelihood.m_step(model.experts, x, y, resp, steps=expert_steps, solve_experts=closed_form)
+    model.router.m_step(x, resp, temperature=model.rule.temperature, steps=router_steps)
+    return model
 
 
-def init_responsibilities(x, y, n_experts: int, method: str = "kmeans", seed: int = 0) -> torch.Tensor:
-    """Starting responsibilities (N, E).
+def _gradient_m_step(model, x, y, resp, steps: int, lr: float) -> None:
+    """Adam on -(1/N) sum_n sum_e r_ne log p_e(y_n | x_n) - log prior / N, the experts only."""
+    opt = torch.optim.Adam(model.experts.parameters(), lr=lr)
+    with torch.enable_grad():
+        for _ in range(steps):
+            opt.zero_grad()
+            q = (resp * model.likelihood.log_lik(model.experts(x), y)).sum() + model.likelihood.log_prior(model.experts)
+            (-q / x.shape[0]).backward()
+            opt.step()
 
-    ``"kmeans"``: k-means in x, the regions a gate could draw; ``"kmeans_xy"``: k-means on
+
+def init_responsibilities(x: torch.Tensor, y: torch.Tensor, n_experts: int, method: str = "kmeans",
+                          seed: int = 0) -> torch.Tensor:
+    """Starting responsibilities (N, E) for x (N, D) and y (N,) or (N, O).
+
+    ``"kmeans"``: k-means in x, the regions a router could draw; ``"kmeans_xy"``: k-means on
     standardised (x, y); both start from k-means++ and give one-hot clusters softened to 0.9/0.1,
     so that no expert starts empty. ``"random"``: Dirichlet(1) rows.
     """
-    gen = torch.Generator().manual_seed(seed)
+    n_experts = checks.positive_int("n_experts", n_experts)
+    method = checks.choice("init", method, INITS)
+    gen = torch.Generator().manual_seed(checks.seed(seed))
     n = x.shape[0]
     if method == "random":
         resp = -torch.log(torch.rand(n, n_experts, generator=gen, dtype=torch.float64))  # Exp(1)
         return (resp / resp.sum(-1, keepdim=True)).to(x)
-    points = x if method == "kmeans" else torch.cat([x, y[:, None]], dim=1)
+    points = x if method == "kmeans" else torch.cat([x, y.reshape(n, -1).to(x)], dim=1)
     label = kmeans(points, n_experts, gen)
     soft = 0.1 / (n_experts - 1) if n_experts > 1 else 0.0
     resp = torch.full((n, n_experts), soft, dtype=torch.float64)
@@ -191,7 +134,7 @@ def kmeans(points: torch.Tensor, k: int, generator: torch.Generator, steps: int 
 class Run(NamedTuple):
     """One EM run: its final state, its objective per iteration, and whether it converged."""
 
-    state: tuple
+    state: object
     history: list[float]
     converged: bool
 
@@ -199,17 +142,16 @@ class Run(NamedTuple):
 ROUND_OFF = 1000  # a drop of the objective up to ROUND_OFF * eps * max(1, |objective|) is rounding
 
 
-def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter: int, tol: float,
+def iterate(step: Callable[[object], tuple[object, float]], state, max_iter: int, tol: float,
             eps: float = torch.finfo(torch.float32).eps) -> Run:
     """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``.
 
     An EM step never decreases the objective, so a drop larger than round-off (``ROUND_OFF * eps``
     times max(1, |objective|); ``eps`` is the machine epsilon of the dtype the objective is
-    computed in, float32's by default) is not convergence: the iterations go on, and the drops
-    are reported in one ``ConvergenceWarning`` at the end. A NaN or infinite objective raises.
+    computed in) is not convergence: the iterations go on, and the drops are reported in one
+    ``ConvergenceWarning`` at the end. A NaN or infinite objective raises.
     """
-    history, drops = [], []
-    converged = False
+    history, drops, converged = [], [], False
     for _ in range(max_iter):
         state, objective = step(state)
         if not math.isfinite(objective):
@@ -232,39 +174,18 @@ def iterate(step: Callable[[tuple], tuple[tuple, float]], state: tuple, max_iter
     return Run(state, history, converged)
 
 
-class EMEstimator:
-    """What every EM estimator of the course shares: ``n_init`` starts, keep the best, report.
+def fit(model, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, max_iter: int = 500, tol: float = 1e-6,
+        **m_step_kwargs) -> Run:
+    """EM on ``model`` in place, from starting responsibilities resp (N, E): M-step, E-step, ...
 
-    A subclass sets ``n_experts``, ``n_init``, ``max_iter``, ``tol`` and ``seed``, and defines
-    ``_inputs(x, y)`` (checked tensors), ``_fit_once(x, y, seed) -> Run`` and
-    ``_keep(state)`` (stores the fitted parameters of the best run's final state).
+    Returns a ``Run`` whose state is the last responsibilities and whose history is the objective
+    after every iteration. ``m_step_kwargs`` go to ``m_step``. x (N, D), y (N,) or (N, O).
     """
+    max_iter = checks.positive_int("max_iter", max_iter)
+    tol = checks.finite_float("tol", tol, 0.0)
 
-    def fit(self, x, y):
-        """Fit by EM from ``n_init`` starts (start i uses ``seed + i``); keep the best. Returns self."""
-        self._forget()
-        x, y = self._inputs(x, y)
-        if x.shape[0] < self.n_experts:
-            raise ValueError(f"x has {x.shape[0]} samples, fewer than n_experts={self.n_experts}")
-        start = time.perf_counter()
-        runs = [self._fit_once(x, y, self.seed + i) for i in range(self.n_init)]
-        best = max(runs, key=lambda run: run.history[-1])
-        self._keep(best.state)
-        self.log_likelihood_history_, self.log_likelihood_ = best.history, best.history[-1]
-        self.converged_, self.n_iter_ = best.converged, len(best.history)
-        self.restart_log_likelihoods_ = [run.history[-1] for run in runs]
-        self.fit_seconds_ = time.perf_counter() - start
-        if not self.converged_:
-            warnings.warn(f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
-                          "raise max_iter or tol", ConvergenceWarning, stacklevel=2)
-        return self
+    def step(resp):
+        m_step(model, x, y, resp, **m_step_kwargs)
+        return e_step(model, x, y)
 
-    def _forget(self) -> None:
-        """Drop fitted attributes, so that a refit may change the number of features."""
-        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("_")]:
-            delattr(self, name)
-
-    def _fitted_inputs(self, x, y=None):
-        if not hasattr(self, "log_likelihood_"):
-            raise RuntimeError(f"this {type(self).__name__} is not fitted yet; call fit(x, y) first")
-        return self._inputs(x, y)
+    return iterate(step, resp, max_iter, tol, torch.finfo(x.dtype).eps)

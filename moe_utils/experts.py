@@ -1,135 +1,202 @@
-"""Experts stored stacked: one parameter tensor per layer with a leading expert axis E.
+"""Stacked experts: one parameter tensor per layer, with a leading expert axis E.
 
-Two kinds of experts, for the two ways the course fits them:
+Every family maps inputs x (N, D) to every expert's output (N, E, O) with one ``einsum``:
 
-- closed form (EM, chapter 2): ``fit_linear`` solves E weighted least-squares problems in one
-  batched call, and ``noise_variance`` gives each expert's weighted residual variance;
-- gradient training (chapter 3 on): ``LinearExperts`` and ``MLPExperts`` are ``nn.Module`` s
-  whose forward maps x (N, D) to every expert's output (N, E, O) with one ``einsum``.
+- ``Linear``: f_e(x) = z W_e + b_e, weight (E, D, O), bias (E, O), on z = (x - shift) / scale;
+- ``Legendre``: polynomial chaos, f_e(x) = sum_k c_ek psi_k(z) + b_e over a total-order Legendre
+  basis of the inputs mapped onto [-1, 1]; a linear family on those features (chapter 5);
+- ``MLP``: one hidden layer, plain (act(z W1 + b1) W2 + b2) or gated (SwiGLU, as in Mixtral:
+  (silu(z W_gate) * z W_up) W_down); also per-expert inputs x (N, E, D) (the autoencoder's
+  decoders read their own expert's code, chapter 6).
+
+Two things make the leading E axis pay off everywhere in the course:
+
+- ``forward(x, params)`` takes the parameters as a dict, with any extra leading axes, so posterior
+  draws (S, E, ...) give (S, N, E, O) in one call (chapter 5), and a slice of the experts gives
+  their outputs only (``select``: the experts of one rank, chapter 8);
+- families that are linear in their parameters expose ``design(x)`` (N, F) and ``load_linear``,
+  so the Gaussian and Categorical M-steps solve them in closed form for every expert at once.
 
 >>> import torch, moe_utils as mu
->>> x = torch.linspace(-1, 1, 100)[:, None]
->>> y = torch.where(x[:, 0] < 0, 2 * x[:, 0], -x[:, 0] + 1)
->>> resp = torch.stack([(x[:, 0] < 0).float(), (x[:, 0] >= 0).float()], dim=1)
->>> weight, bias = mu.experts.fit_linear(x, y, resp)
->>> weight.round(decimals=3), bias.round(decimals=3) + 0.0  # + 0.0 prints -0. as 0.
-(tensor([[ 2.],
-        [-1.]]), tensor([0., 1.]))
+>>> experts = mu.experts.Linear(n_inputs=2, n_outputs=1, n_experts=3)
+>>> x = torch.randn(5, 2)
+>>> experts(x).shape                                           # (N, E, O)
+torch.Size([5, 3, 1])
+>>> draws = {k: v.expand(4, *v.shape) for k, v in experts.params().items()}  # S = 4
+>>> experts(x, draws).shape                                    # (S, N, E, O)
+torch.Size([4, 5, 3, 1])
+>>> experts.select(slice(1, 3))(x).shape                       # the experts 1 and 2 only
+torch.Size([5, 2, 1])
 """
 
+import copy
+import itertools
 import math
 
 import torch
 from torch import nn
 
-from . import checks
-from .gates import standardiser
+from . import _checks as checks
+from ._scaling import Scaled
 
-__all__ = ["LinearExperts", "MLPExperts", "fit_linear", "linear_means", "noise_variance"]
+__all__ = ["Experts", "Legendre", "Linear", "MLP", "legendre"]
 
-
-def fit_linear(x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor,
-               ridge: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted least squares for E linear experts at once, batched over experts.
-
-    Expert e minimises sum_n resp[n, e] (y_n - w_e . x_n - b_e)^2 (+ ``ridge`` |slopes|^2 of the
-    standardised problem, see below). x (N, D), y (N,), resp (N, E) >= 0 -> weight (E, D), bias (E,).
-
-    The problem is solved standardised, so that an offset or a scale of x or y (x + 100, x * 1e4)
-    costs no accuracy: x and y are centred and scaled by their plain mean and standard deviation,
-    each expert's features by their weighted mean and standard deviation, and the slopes come
-    from the expert's weighted correlation matrix (by one GEMM over the samples for all experts).
-    The bias is never penalised. Degenerate problems get the minimum-norm solution (a pseudo-inverse
-    that drops directions at the rounding level of the dtype) instead of an error:
-
-    - a feature that is constant (to rounding) where an expert has weight gets slope 0;
-    - collinear features, or fewer points than features, share the slope (minimum norm);
-    - an expert with no weight at all (``resp[:, e] == 0``) is fitted to all samples equally.
-
-    ``ridge`` (>= 0; default 0, exact weighted least squares) is relative to the standardised
-    problem, in which every feature has unit weighted variance for every expert.
-    """
-    n, d = checks.same_length(x=x, y=y, resp=resp), x.shape[1]
-    ridge = checks.finite_float("ridge", ridge, 0.0)
-    tiny = torch.finfo(x.dtype).tiny
-    rounding = 8 * math.sqrt(n + 16) * torch.finfo(x.dtype).eps  # relative error of a sum of N terms
-    x_shift, x_scale = standardiser(x)                                        # (D,), (D,)
-    y_shift, y_scale = standardiser(y[:, None])                               # (1,), (1,)
-    xs, ys = (x - x_shift) / x_scale, (y - y_shift) / y_scale                 # (N, D), (N,)
-    total = resp.sum(0)                                                       # (E,)
-    p = torch.where(total > 0, resp / total.clamp_min(tiny), 1.0 / n)       # (N, E), columns sum to 1
-    # every expert's weighted means of x, y, x x^T and x y, about the plain centre, in one GEMM
-    outer = (xs[:, :, None] * xs[:, None, :]).flatten(1)                     # (N, D^2)
-    moments = p.T @ torch.cat([xs, ys[:, None], outer, xs * ys[:, None]], 1)  # (E, D + 1 + D^2 + D)
-    mx, my = moments[:, :d], moments[:, d]                                    # (E, D), (E,)
-    second = moments[:, d + 1:d + 1 + d * d].reshape(-1, d, d)                # (E, D, D)
-    cov_xx = second - mx[:, :, None] * mx[:, None, :]                         # (E, D, D)
-    cov_xy = moments[:, d + 1 + d * d:] - mx * my[:, None]                    # (E, D)
-    # centring on an expert's mean cancels digits, the more the further it sits from the plain centre
-    # for its spread (``far``: second moment / variance). A variance at the rounding level of its
-    # second moment is a constant feature; the pseudo-inverse cuts more the larger ``far`` is.
-    var, raw = cov_xx.diagonal(dim1=-2, dim2=-1), second.diagonal(dim1=-2, dim2=-1)  # (E, D) each
-    live = var > rounding * raw                                               # else: constant for e
-    far = torch.where(live, raw / var.clamp_min(tiny), torch.ones_like(var))  # (E, D), >= 1
-    inv_sd = torch.where(live, var.clamp_min(tiny).rsqrt(), torch.zeros_like(var))  # (E, D)
-    corr = cov_xx * inv_sd[:, :, None] * inv_sd[:, None, :] + ridge * torch.diag_embed(live.to(x.dtype))
-    rtol = (rounding * d * far.amax(-1)).clamp_max(0.5)                      # (E,)
-    slope = (torch.linalg.pinv(corr, hermitian=True, rtol=rtol) @ (cov_xy * inv_sd)[:, :, None])[:, :, 0]
-    slope = slope * inv_sd                                                    # (E, D), standardised units
-    weight = slope * y_scale / x_scale                                        # (E, D)
-    bias = y_shift + y_scale * (my - (slope * mx).sum(-1)) - weight @ x_shift  # (E,)
-    return weight, bias
+ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu, "gelu": nn.functional.gelu, "silu": nn.functional.silu}
 
 
-def linear_means(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Every linear expert's prediction: x (N, D), weight (E, D), bias (E,) -> (N, E)."""
-    return x @ weight.T + bias
+class Experts(Scaled):
+    """Base of the expert families: E experts whose parameters all have a leading axis E."""
 
+    def __init__(self, n_inputs: int, n_outputs: int, n_experts: int, shift=None, scale=None):
+        super().__init__(n_inputs, shift, scale)
+        self.n_outputs = checks.positive_int("n_outputs", n_outputs)
+        self.n_experts = checks.positive_int("n_experts", n_experts)
 
-def noise_variance(y: torch.Tensor, means: torch.Tensor, resp: torch.Tensor,
-                   min_var: float = 0.0) -> torch.Tensor:
-    """Each expert's responsibility-weighted residual variance, at least ``min_var``.
+    def __len__(self) -> int:
+        return self.n_experts
 
-    y (N,), means (N, E), resp (N, E) -> (E,). This is the closed-form M-step for the
-    noise variance: sum_n r_ne (y_n - mu_ne)^2 / sum_n r_ne.
-    """
-    tiny = torch.finfo(y.dtype).tiny
-    var = (resp * (y[:, None] - means) ** 2).sum(0) / resp.sum(0).clamp_min(tiny)
-    return var.clamp_min(min_var)
+    def params(self) -> dict[str, torch.Tensor]:
+        """The parameters as {name: tensor (E, ...)}: the argument ``forward`` takes."""
+        return dict(self.named_parameters())
 
+    def forward(self, x: torch.Tensor, params: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (N, D) -> (N, E, O); with ``params`` of shape (S, E, ...) -> (S, N, E, O)."""
+        return self.function(self.params() if params is None else params, self.standardise(x))
 
-class LinearExperts(nn.Module):
-    """E linear experts, stacked: weight (E, D, O), bias (E, O). Forward: x (N, D) -> (N, E, O)."""
+    def function(self, params: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
 
-    def __init__(self, n_inputs: int, n_outputs: int, n_experts: int, generator=None):
-        super().__init__()
-        bound = 1 / math.sqrt(n_inputs)
-        self.weight = nn.Parameter(_uniform((n_experts, n_inputs, n_outputs), bound, generator))
-        self.bias = nn.Parameter(_uniform((n_experts, n_outputs), bound, generator))
+    def design(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The features (N, F) the outputs are linear in, or None (no closed-form M-step)."""
+        return None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("nd,edo->neo", x, self.weight) + self.bias
-
-
-class MLPExperts(nn.Module):
-    """E one-hidden-layer tanh networks, stacked. Forward: x (N, D) -> (N, E, O).
-
-    w1 (E, D, H), b1 (E, H), w2 (E, H, O), b2 (E, O).
-    """
-
-    def __init__(self, n_inputs: int, n_hidden: int, n_outputs: int, n_experts: int, generator=None):
-        super().__init__()
-        b1, b2 = 1 / math.sqrt(n_inputs), 1 / math.sqrt(n_hidden)
-        self.w1 = nn.Parameter(_uniform((n_experts, n_inputs, n_hidden), b1, generator))
-        self.b1 = nn.Parameter(_uniform((n_experts, n_hidden), b1, generator))
-        self.w2 = nn.Parameter(_uniform((n_experts, n_hidden, n_outputs), b2, generator))
-        self.b2 = nn.Parameter(_uniform((n_experts, n_outputs), b2, generator))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(torch.einsum("nd,edh->neh", x, self.w1) + self.b1)   # (N, E, H)
-        return torch.einsum("neh,eho->neo", hidden, self.w2) + self.b2
+    def select(self, index) -> "Experts":
+        """A new module of the same family holding only the experts ``index`` (a slice, a list or
+        a tensor of expert indices): the experts one rank holds under expert parallelism."""
+        new = copy.deepcopy(self)
+        for name, p in list(new.named_parameters()):
+            setattr(new, name, nn.Parameter(p.detach()[index].clone(), requires_grad=p.requires_grad))
+        new.n_experts = next(new.parameters()).shape[0]
+        return new
 
 
 def _uniform(shape, bound: float, generator) -> torch.Tensor:
     """U(-bound, bound) initial values (PyTorch's nn.Linear default), from ``generator``."""
     return (2 * torch.rand(shape, generator=generator) - 1) * bound
+
+
+class Linear(Experts):
+    """E linear experts: weight (E, F, O), bias (E, O) on the features F of ``design`` (F = D here)."""
+
+    def __init__(self, n_inputs: int, n_outputs: int, n_experts: int, shift=None, scale=None, generator=None):
+        super().__init__(n_inputs, n_outputs, n_experts, shift, scale)
+        n_features = self.n_features()
+        bound = 1 / math.sqrt(max(n_features, 1))
+        self.weight = nn.Parameter(_uniform((n_experts, n_features, n_outputs), bound, generator))
+        self.bias = nn.Parameter(_uniform((n_experts, n_outputs), bound, generator))
+
+    def n_features(self) -> int:
+        return self.n_inputs
+
+    def features(self, z: torch.Tensor) -> torch.Tensor:
+        """Features (..., F) of standardised inputs z (..., D)."""
+        return z
+
+    def function(self, params, z):
+        feats = self.features(z)                                              # (N, F)
+        out = torch.einsum("nf,...efo->...neo", feats, params["weight"])       # (..., N, E, O)
+        return out + params["bias"].unsqueeze(-3)
+
+    def design(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(self.standardise(x))
+
+    def load_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set weight (E, F, O) and bias (E, O) in place (a closed-form M-step)."""
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            self.bias.copy_(bias)
+
+
+def legendre(t: torch.Tensor, degree: int, normalised: bool = True) -> torch.Tensor:
+    """P_0(t), ..., P_degree(t) for t (...,), stacked last: (..., degree + 1).
+
+    By Bonnet's recursion (k + 1) P_{k+1} = (2k + 1) t P_k - k P_{k-1}. ``normalised`` scales
+    P_k by sqrt(2k + 1), so that E[psi_k(t)^2] = 1 for t ~ U(-1, 1) (an orthonormal basis).
+    """
+    polys = [torch.ones_like(t), t]
+    for k in range(1, degree):
+        polys.append(((2 * k + 1) * t * polys[k] - k * polys[k - 1]) / (k + 1))
+    out = torch.stack(polys[:degree + 1], -1)
+    if normalised:
+        out = out * torch.sqrt(2 * torch.arange(degree + 1, dtype=t.dtype, device=t.device) + 1)
+    return out
+
+
+class Legendre(Linear):
+    """Polynomial-chaos experts: a total-order Legendre basis of the inputs, linear on top.
+
+    The inputs' ``bounds`` (lo, hi) (floats, or (D,) each) are mapped onto [-1, 1]. The basis
+    psi_alpha(z) = prod_d psi_{alpha_d}(z_d) runs over every multi-index with
+    1 <= |alpha| <= ``degree`` (the constant term is the bias): F = C(D + degree, D) - 1 features,
+    in ``indices`` (F, D). weight (E, F, O), bias (E, O) (Xiu and Karniadakis, 2002).
+    """
+
+    def __init__(self, n_inputs: int, degree: int, n_outputs: int, n_experts: int, bounds=(-1.0, 1.0),
+                 normalised: bool = True, generator=None):
+        self.degree = checks.positive_int("degree", degree)
+        self.normalised = bool(normalised)
+        lo, hi = (checks.tensor("bounds", b).reshape(-1) for b in bounds)
+        if (lo >= hi).any():
+            raise ValueError(f"bounds must have lo < hi for every input, got {tuple(bounds)}")
+        indices = [a for total in range(1, self.degree + 1)
+                   for a in itertools.product(range(total + 1), repeat=n_inputs) if sum(a) == total]
+        self._n_features = len(indices)
+        super().__init__(n_inputs, n_outputs, n_experts, shift=(lo + hi) / 2, scale=(hi - lo) / 2,
+                         generator=generator)
+        self.register_buffer("indices", torch.tensor(indices, dtype=torch.long))
+
+    def n_features(self) -> int:
+        return self._n_features
+
+    def features(self, z):
+        polys = legendre(z, self.degree, self.normalised)                      # (N, D, degree + 1)
+        picked = polys.gather(-1, self.indices.T.expand(*z.shape[:-1], -1, -1))  # (N, D, F)
+        return picked.prod(-2)                                                 # (N, F)
+
+
+class MLP(Experts):
+    """E one-hidden-layer networks, stacked.
+
+    Plain: act(z W1 + b1) W2 + b2 with w1 (E, D, H), b1 (E, H), w2 (E, H, O), b2 (E, O).
+    Gated (``gated=True``, SwiGLU): (silu(z W_gate) * (z W_up)) W_down with w_gate, w_up (E, D, H)
+    and w_down (E, H, O) (O = D inside a transformer block), no biases, as in Mixtral and DeepSeek.
+    Inputs are x (N, D), shared by every expert, or x (N, E, D), one row per expert.
+    """
+
+    def __init__(self, n_inputs: int, n_hidden: int, n_outputs: int, n_experts: int, activation: str = "tanh",
+                 gated: bool = False, shift=None, scale=None, generator=None):
+        super().__init__(n_inputs, n_outputs, n_experts, shift, scale)
+        self.n_hidden = checks.positive_int("n_hidden", n_hidden)
+        self.activation = checks.choice("activation", activation, ACTIVATIONS)
+        self.gated = bool(gated)
+        b1, b2 = 1 / math.sqrt(n_inputs), 1 / math.sqrt(n_hidden)
+        e, d, h, o = n_experts, n_inputs, n_hidden, n_outputs
+        if self.gated:
+            self.w_gate = nn.Parameter(_uniform((e, d, h), b1, generator))
+            self.w_up = nn.Parameter(_uniform((e, d, h), b1, generator))
+            self.w_down = nn.Parameter(_uniform((e, h, o), b2, generator))
+        else:
+            self.w1 = nn.Parameter(_uniform((e, d, h), b1, generator))
+            self.b1 = nn.Parameter(_uniform((e, h), b1, generator))
+            self.w2 = nn.Parameter(_uniform((e, h, o), b2, generator))
+            self.b2 = nn.Parameter(_uniform((e, o), b2, generator))
+
+    def function(self, params, z):
+        spec = "...ned,...edh->...neh" if z.ndim >= 3 else "nd,...edh->...neh"
+        if self.gated:
+            hidden = nn.functional.silu(torch.einsum(spec, z, params["w_gate"])) \
+                * torch.einsum(spec, z, params["w_up"])                       # (..., N, E, H)
+            return torch.einsum("...neh,...eho->...neo", hidden, params["w_down"])
+        act = ACTIVATIONS[self.activation]
+        hidden = act(torch.einsum(spec, z, params["w1"]) + params["b1"].unsqueeze(-3))  # (..., N, E, H)
+        return torch.einsum("...neh,...eho->...neo", hidden, params["w2"]) + params["b2"].unsqueeze(-3)

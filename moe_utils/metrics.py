@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import checks
+from . import _checks as checks
 from .mixture import gaussian_log_prob
 
 __all__ = ["ClassScores", "Reliability", "Scores", "class_scores", "point_log_prob", "reliability", "scores"]

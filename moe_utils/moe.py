@@ -1,150 +1,105 @@
-"""A mixture-of-experts ``nn.Module`` for gradient training, and the two losses of Jacobs et al.
+"""``MixtureOfExperts``: the one model that EM fills and gradient training trains.
 
-    p(y | x) = sum_e w_e(x) N(y; f_e(x), diag(sigma_e^2))
+    p(y | x) = sum_e g_e(x) p_e(y | x),    g(x) = rule(router(x)),    p_e from likelihood(experts(x))
 
-with stacked experts f (``experts.LinearExperts`` or ``experts.MLPExperts``: x (N, D) to
-(N, E, O)), any gate from ``gates`` (the weights w (N, E) of its ``mix``), and a learned log noise
-variance per expert and output, ``log_var`` (E, O).
-
-The two losses (Jacobs, Jordan, Nowlan and Hinton, 1991):
-
-- ``cooperative_loss``: the squared error of the blended prediction sum_e w_e f_e. The experts
-  are trained as one sum, so each one's error can be cancelled by another's: they cooperate.
-- ``competitive_loss``: the negative log-likelihood of the mixture, -log sum_e w_e N(y; f_e, s_e).
-  Each sample's gradient goes mostly to the experts that explain it: they compete, and specialise.
+It is made of four parts, each swappable: a router network (``routing``: logits (N, E)), a
+routing rule (``routing``: a ``Routing`` tuple), stacked experts (``experts``: (N, E, O)) and a
+likelihood head (``likelihoods``: Gaussian for regression, Categorical for classification).
+EM (``em``) fills it with closed-form and Newton M-steps; ``train.fit`` trains it with a loss
+from ``mixture`` (competitive: the mixture likelihood; cooperative: the blend's squared error).
 
 >>> import torch, moe_utils as mu
->>> model = mu.moe.MixtureOfExperts.linear(n_inputs=1, n_outputs=1, n_experts=3)
+>>> model = mu.MixtureOfExperts.linear(n_inputs=1, n_outputs=1, n_experts=3)
 >>> out = model(torch.zeros(5, 1))
->>> out.means.shape, out.weights.shape, out.mean.shape
+>>> out.experts.shape, out.routing.log_probs.shape, model.predict(torch.zeros(5, 1)).shape
 (torch.Size([5, 3, 1]), torch.Size([5, 3]), torch.Size([5, 1]))
 """
 
-import math
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from . import checks, em, gates
-from .experts import LinearExperts, MLPExperts
-from .gates import GumbelGate
+from . import _checks as checks
+from . import experts as experts_module
+from . import likelihoods, mixture, routing
+from ._scaling import standardiser
+from .routing import Routing
 
-__all__ = ["MixtureOfExperts", "Output", "competitive_loss", "cooperative_loss", "init_from_responsibilities"]
-
-_LOG_2PI = math.log(2 * math.pi)
+__all__ = ["MixtureOfExperts", "Output"]
 
 
 class Output(NamedTuple):
-    """What a forward pass returns; N samples, E experts, O outputs."""
+    """What a forward pass returns; N samples, E experts, O outputs (C logits for a classifier)."""
 
-    means: torch.Tensor      # (N, E, O) every expert's prediction
-    log_gates: torch.Tensor  # (N, E) the gate's log-probabilities: in training, of the sample
-                             # a Gumbel gate drew; in eval with argmax, 0 and -inf
-    weights: torch.Tensor    # (N, E) the mixing weights used (a sample, for a Gumbel gate)
-    mean: torch.Tensor       # (N, O) the mixture's prediction sum_e w_e f_e
-    log_var: torch.Tensor    # (E, O) the experts' log noise variances
-    hard: bool = False       # weights are a hard straight-through sample, not exp(log_gates)
+    experts: torch.Tensor  # (N, E, O) every expert's output
+    routing: Routing       # the router's log-probabilities, combine weights, choices, aux losses
 
 
 class MixtureOfExperts(nn.Module):
-    """Stacked experts, a gate and a learned noise variance per expert and output."""
+    """A router network, stacked experts, a likelihood head and a routing rule (default ``Softmax``)."""
 
-    def __init__(self, experts: nn.Module, gate: nn.Module, n_outputs: int, init_log_var: float = 0.0):
+    def __init__(self, router: nn.Module, experts: experts_module.Experts, likelihood: nn.Module,
+                 rule: nn.Module | None = None):
         super().__init__()
-        self.experts, self.gate = experts, gate
-        self.n_experts = gate.n_experts
-        self.log_var = nn.Parameter(torch.full((self.n_experts, checks.positive_int("n_outputs", n_outputs)),
-                                               float(init_log_var)))
+        sizes = {"router": router.n_experts, "experts": experts.n_experts, "likelihood": likelihood.n_experts}
+        if len(set(sizes.values())) > 1:
+            raise ValueError("router, experts and likelihood must have the same number of experts, got "
+                             + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        if router.n_inputs != experts.n_inputs:
+            raise ValueError(f"router reads {router.n_inputs} inputs but the experts read {experts.n_inputs}")
+        self.router, self.experts, self.likelihood = router, experts, likelihood
+        self.rule = routing.Softmax() if rule is None else rule
+        self.n_experts, self.n_inputs = experts.n_experts, experts.n_inputs
 
     @classmethod
-    def linear(cls, n_inputs: int, n_outputs: int, n_experts: int, gate: str = "softmax", seed: int = 0,
-               **gate_kwargs) -> "MixtureOfExperts":
-        """Linear experts and a gate by name (see ``gates.make``, whose keyword arguments, such
-        as ``n_hidden``, ``temperature``, ``tau``, ``hard``, ``shift``, pass through); every
-        parameter is drawn from ``seed``."""
+    def linear(cls, n_inputs: int, n_outputs: int, n_experts: int, router: str = "linear",
+               likelihood: str = "gaussian", rule: nn.Module | None = None, x: torch.Tensor | None = None,
+               seed: int = 0, **router_kwargs) -> "MixtureOfExperts":
+        """Linear experts, a router by name (``routing.make``; ``router_kwargs`` such as ``n_hidden``
+        pass through) and a ``"gaussian"`` head with ``n_outputs`` outputs or a ``"categorical"``
+        one over ``n_outputs`` classes. ``x`` (N, D), if given, sets the inputs' standardisation of
+        router and experts. Every parameter is drawn from ``seed``."""
         gen = torch.Generator().manual_seed(checks.seed(seed))
-        experts = LinearExperts(n_inputs, n_outputs, n_experts, generator=gen)
-        return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
-
-    @classmethod
-    def mlp(cls, n_inputs: int, n_outputs: int, n_experts: int, expert_hidden: int = 16, gate: str = "softmax",
-            seed: int = 0, **gate_kwargs) -> "MixtureOfExperts":
-        """Small tanh-network experts (``expert_hidden`` units each) and a gate, as ``linear``."""
-        gen = torch.Generator().manual_seed(checks.seed(seed))
-        experts = MLPExperts(n_inputs, expert_hidden, n_outputs, n_experts, generator=gen)
-        return cls(experts, gates.make(gate, n_inputs, n_experts, generator=gen, **gate_kwargs), n_outputs)
+        likelihood = checks.choice("likelihood", likelihood, ("gaussian", "categorical"))
+        shift = scale = None
+        if x is not None:
+            x = checks.matrix("x", x, d=n_inputs)
+            shift, scale = standardiser(x)
+        experts = experts_module.Linear(n_inputs, n_outputs, n_experts, shift=shift, scale=scale, generator=gen)
+        net = routing.make(router, n_inputs, n_experts, x=x, generator=gen, **router_kwargs)
+        head = (likelihoods.Gaussian(n_experts, n_outputs) if likelihood == "gaussian"
+                else likelihoods.Categorical(n_experts, n_outputs))
+        return cls(net, experts, head, rule)
 
     def forward(self, x: torch.Tensor) -> Output:
-        """x (N, D) -> ``Output``."""
-        x = checks.inputs(x, self.gate.n_inputs)
-        means = self.experts(x)                                   # (N, E, O)
-        log_gates, weights = self.gate.mix(x)                     # (N, E), (N, E)
-        mean = torch.einsum("ne,neo->no", weights, means)
-        hard = isinstance(self.gate, GumbelGate) and self.gate.training and self.gate.hard
-        return Output(means, log_gates, weights, mean, self.log_var, hard)
+        """x (N, D), or (N,) when D = 1 -> ``Output``."""
+        x = checks.inputs(x, self.n_inputs)
+        return Output(self.experts(x), self.rule(self.router(x)))
+
+    def log_lik(self, out: Output, y: torch.Tensor) -> torch.Tensor:
+        """log p_e(y_n | x_n) of every expert: (N, E)."""
+        return self.likelihood.log_lik(out.experts, y)
 
     def log_prob(self, x: torch.Tensor, y: torch.Tensor, out: Output | None = None) -> torch.Tensor:
-        """log p(y | x) of the mixture, per sample: (N,). y is (N, O) or (N,) when O = 1."""
+        """log p(y_n | x_n) of the mixture under the current routing: (N,)."""
         out = self(x) if out is None else out
-        return _mixture_log_prob(out, _as_targets(y, out.mean))
+        return mixture.routing_log_prob(out.routing, self.log_lik(out, y))
 
+    def responsibilities(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """P(expert e | x_n, y_n): (N, E). Needs y, so it is not a gate for new inputs."""
+        out = self(x)
+        return mixture.e_step(out.routing.log_probs, self.log_lik(out, y))[0]
 
-def cooperative_loss(out: Output, y: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the blended prediction: mean over samples and outputs."""
-    return ((out.mean - _as_targets(y, out.mean)) ** 2).mean()
+    def predict(self, x: torch.Tensor, out: Output | None = None) -> torch.Tensor:
+        """The mixture's prediction: its mean (N, O) (Gaussian), or log p(c | x) (N, C) (Categorical)."""
+        out = self(x) if out is None else out
+        return self.likelihood.predict(out.routing, out.experts)
 
+    def blend(self, out: Output) -> torch.Tensor:
+        """The blended prediction sum_e w_e f_e that the cooperative loss scores: (N, O)."""
+        return self.likelihood.blend(out.routing, out.experts)
 
-def competitive_loss(out: Output, y: torch.Tensor) -> torch.Tensor:
-    """Negative log-likelihood of the mixture, per sample (nats): -mean log p(y | x)."""
-    return -_mixture_log_prob(out, _as_targets(y, out.mean)).mean()
-
-
-def init_from_responsibilities(model: MixtureOfExperts, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor,
-                               l2: float = 1e-2, steps: int = 10) -> MixtureOfExperts:
-    """Start gradient training where EM would start: one M-step from responsibilities, in place.
-
-    The linear experts and their noise variances get the closed-form M-step of ``em``, the
-    gate is fitted to ``resp`` by ``em.fit_softmax``. x (N, D), y (N,), resp (N, E) (for
-    example ``em.init_responsibilities(x, y, E, "kmeans")``). Returns ``model``.
-    """
-    if not isinstance(model.experts, LinearExperts) or model.log_var.shape[1] != 1:
-        raise TypeError("init_from_responsibilities needs LinearExperts with one output")
-    gate = model.gate.base if isinstance(model.gate, GumbelGate) else model.gate
-    with torch.no_grad():
-        weight, bias, var = em.m_step_experts(x, y, resp, min_var=1e-6 * y.var().item())
-        model.experts.weight.copy_(weight[:, :, None])
-        model.experts.bias.copy_(bias[:, None])
-        model.log_var.copy_(var.log()[:, None])
-        em.fit_softmax(gate, x, resp, l2=l2, steps=steps)
-    return model
-
-
-def _mixture_log_prob(out: Output, y: torch.Tensor) -> torch.Tensor:
-    """log sum_e w_e N(y; f_e, exp(log_var_e)) (N,), exact for any weights.
-
-    Gate probabilities are mixed in log space, logsumexp(log g + l): exact and stable even
-    where a gate is (almost) one-hot. A hard straight-through sample (``out.hard``) must pass
-    gradients to weights that are exactly 0, which log space cannot, so it is written as
-    top + log sum_e w_e exp(l_e - top), with top = logsumexp(log w + l) detached (the sum is 1
-    at the current point). Expert e's weight then gets the gradient exp(l_e - top), how much
-    better e explains y than the chosen expert; that ratio can be astronomically large for a
-    badly routed sample, so it is capped at e^20, lest one sample overflow the optimiser.
-    """
-    var = out.log_var.exp()                                                   # (E, O)
-    log_n = -0.5 * (((y[:, None, :] - out.means) ** 2) / var + out.log_var + _LOG_2PI).sum(-1)  # (N, E)
-    if not out.hard:
-        return torch.logsumexp(out.log_gates + log_n, dim=-1)
-    w = out.weights                                                           # 0 or ~1
-    with torch.no_grad():
-        top = torch.logsumexp(w.log() + log_n, dim=-1, keepdim=True)         # (N, 1)
-        cap = torch.where(w > 0, math.inf, 20.0)                              # (N, E)
-    total = (w * torch.exp(torch.minimum(log_n - top, cap))).sum(-1)
-    return torch.log(total) + top[:, 0]
-
-
-def _as_targets(y: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    y = y[:, None] if y.ndim == 1 else y
-    if y.shape != mean.shape:
-        raise ValueError(f"y must have shape {tuple(mean.shape)} (or (N,) for one output), got {tuple(y.shape)}")
-    return y
+    def log_prior(self) -> torch.Tensor:
+        """log p(parameters) up to a constant: the router's prior plus the experts' (a scalar)."""
+        return self.router.log_prior() + self.likelihood.log_prior(self.experts)

@@ -138,12 +138,28 @@ def _binary(name: str, probs: np.ndarray, expected: tuple) -> None:
                          f"binary classifiers), got {probs.shape}")
 
 
+def _classifier(model, grid: torch.Tensor):
+    """(p(c | x) (G, C), the gate (G, E) or None, the experts' p_e(c | x) (G, E, C) or None) as NumPy
+    arrays, of a ``MixtureOfExperts`` with a Categorical head, or of an object with ``predict_proba``
+    and, optionally, ``gate_probs`` and ``expert_probs`` (the estimators; a scikit-learn wrapper)."""
+    if isinstance(model, torch.nn.Module):
+        grid = grid.to(next(model.parameters()))
+        with torch.no_grad():
+            out = model(grid)
+            return (_np(torch.softmax(model.predict(grid, out), -1)), _np(out.routing.log_probs.exp()),
+                    _np(torch.softmax(out.experts, -1)))
+    if not hasattr(model, "gate_probs"):
+        return _np(model.predict_proba(grid)), None, None
+    return _np(model.predict_proba(grid)), _np(model.gate_probs(grid)), _np(model.expert_probs(grid))
+
+
 def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: int = 140,
                     max_points: int = 600, row_height: int = 380, title: str = "") -> go.Figure:
     """Binary classifiers on 2-D inputs, one panel per model, in one interactive figure.
 
-    ``models`` maps a panel title to a model with ``predict_proba(x)`` (N, 2); if it also has
-    ``gate_probs(x)`` (N, E) and ``expert_probs(x)`` (N, E, 2), the panel shows the gate's regions
+    ``models`` maps a panel title to a classifier: a ``MixtureOfExperts`` with a Categorical head, or
+    a model with ``predict_proba(x)`` (N, 2). A mixture (or a model that also has ``gate_probs(x)``
+    (N, E) and ``expert_probs(x)`` (N, E, 2), as the estimators do) shows the gate's regions
     (background, expert e in ``color(e)``) and each expert's decision boundary p_e(1 | x) = 1/2
     (solid inside the region the gate gives it, dotted elsewhere). Every panel shows the model's
     boundary p(1 | x) = 1/2 (thick black: where an expert's solid line runs inside it, that expert
@@ -160,10 +176,9 @@ def decision_figure(models: dict, x, y, rule=None, cols: int = 2, resolution: in
     for i, (name, model) in enumerate(models.items()):
         at, first = dict(row=i // cols + 1, col=i % cols + 1), i == 0
         experts = []  # (expert, dash, x, y) of every expert's boundary line
-        proba = _np(model.predict_proba(grid))
+        proba, gate, probs = _classifier(model, grid)
         _binary(f"models[{name!r}].predict_proba", proba, (len(grid), 2))
-        if hasattr(model, "gate_probs"):
-            gate, probs = _np(model.gate_probs(grid)), _np(model.expert_probs(grid))
+        if gate is not None:
             _binary(f"models[{name!r}].expert_probs", probs, (len(grid), gate.shape[1], 2))
             probs = probs[..., 1]
             owner, n_experts = gate.argmax(1).reshape(shape), gate.shape[1]

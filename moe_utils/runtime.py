@@ -4,6 +4,8 @@
 >>> mu.device("cpu")
 device(type='cpu')
 >>> gen = mu.seed(0)          # seeds torch, numpy and random; returns a torch.Generator
+>>> mu.runtime.precise_dtype(mu.device("cpu"))
+torch.float64
 """
 
 import os
@@ -12,9 +14,9 @@ import random
 import numpy as np
 import torch
 
-from . import checks
+from . import _checks as checks
 
-__all__ = ["device", "seed"]
+__all__ = ["device", "precise_dtype", "seed"]
 
 
 def device(name: str | torch.device = "auto") -> torch.device:
@@ -64,3 +66,12 @@ def seed(value: int) -> torch.Generator:
     np.random.seed(value)
     torch.manual_seed(value)
     return torch.Generator().manual_seed(value)
+
+
+def precise_dtype(dev: torch.device) -> torch.dtype:
+    """float64 where ``dev`` has it, float32 on Apple's MPS (which has no float64).
+
+    EM and the exact best-achievable scores like double precision; a chapter asks for
+    ``precise_dtype(device)`` so that the same notebook runs on a Mac.
+    """
+    return torch.float32 if torch.device(dev).type == "mps" else torch.float64

@@ -3,13 +3,13 @@
 ``fit(model, loss, x, y)`` runs full-batch or mini-batch training with any optimiser, keeps
 the parameters with the best held-out loss when a validation split is given (early stopping),
 shows a ``tqdm`` progress bar, and returns the loss history. ``loss(model, x, y)`` returns a
-scalar tensor, for example ``lambda m, x, y: mu.moe.competitive_loss(m(x), y)``.
+scalar tensor, such as ``mu.competitive_loss``, or a pair (scalar, {name: scalar}) whose named
+values (an auxiliary loss, the dropped-token fraction, ...) are logged per epoch.
 
 >>> import torch, moe_utils as mu
 >>> x = torch.linspace(-1, 1, 64)[:, None]
->>> model = mu.moe.MixtureOfExperts.linear(1, 1, 2)
->>> history = mu.train.fit(model, lambda m, x, y: mu.moe.cooperative_loss(m(x), y), x, 2 * x,
-...                        epochs=50, progress=False)
+>>> model = mu.MixtureOfExperts.linear(1, 1, 2)
+>>> history = mu.train.fit(model, mu.cooperative_loss, x, 2 * x, epochs=50, progress=False)
 >>> len(history.loss)
 50
 """
@@ -29,17 +29,19 @@ with warnings.catch_warnings():  # without ipywidgets, tqdm.auto warns and draws
     warnings.simplefilter("ignore", TqdmWarning)
     from tqdm.auto import tqdm
 
-from . import checks
+from . import _checks as checks
 
 __all__ = ["History", "anneal", "fit"]
 
 
 @dataclass
 class History:
-    """Per-epoch training loss, and validation loss when a validation split was given."""
+    """Per-epoch training loss, validation loss when a validation split was given, and the
+    values a loss logs (``logs[name]``, one per epoch, the mean over its mini-batches)."""
 
     loss: list[float] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
+    logs: dict[str, list[float]] = field(default_factory=dict)
     best_epoch: int | None = None  # the epoch whose parameters were kept (early stopping)
     seconds: float = 0.0
 
@@ -97,19 +99,24 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
                 group["lr"] = schedule(epoch)
         model.train()
         order = torch.randperm(n, generator=gen).to(x.device) if batch < n else None
-        total = 0.0
+        total, logged = 0.0, {}
         for i in range(0, n, batch):
             idx = order[i:i + batch] if order is not None else slice(None)
             opt.zero_grad()
-            value = loss(model, x[idx], y[idx])
+            value, logs = _split(loss(model, x[idx], y[idx]))
             value.backward()
             opt.step()
-            total += value.item() * (min(batch, n - i))
-        history.loss.append(total / n)
+            share = min(batch, n - i) / n
+            total += value.item() * share
+            for name, v in logs.items():
+                logged[name] = logged.get(name, 0.0) + float(v.detach() if torch.is_tensor(v) else v) * share
+        history.loss.append(total)
+        for name, v in logged.items():
+            history.logs.setdefault(name, []).append(v)
         if x_val is not None:
             model.eval()
             with torch.no_grad():
-                val = loss(model, x_val, y_val).item()
+                val = _split(loss(model, x_val, y_val))[0].item()
             history.val_loss.append(val)
             if val < best_val:
                 best_val, best_state, history.best_epoch, waited = val, copy.deepcopy(model.state_dict()), epoch, 0
@@ -124,6 +131,11 @@ def fit(model: torch.nn.Module, loss: Callable, x: torch.Tensor, y: torch.Tensor
     model.eval()
     history.seconds = time.perf_counter() - t0
     return history
+
+
+def _split(value) -> tuple[torch.Tensor, dict]:
+    """A loss's return value as (scalar, logs)."""
+    return value if isinstance(value, tuple) else (value, {})
 
 
 def _check_data(**tensors: torch.Tensor) -> None:

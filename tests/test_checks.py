@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from moe_utils import checks
+from moe_utils import _checks as checks
 
 
 def test_tensor_keeps_float_dtype_and_converts_the_rest():

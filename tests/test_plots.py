@@ -31,9 +31,11 @@ class _ThreeClasses:
 def test_decision_figure_refuses_more_than_two_classes():
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
     y = (x[:, 0] > 0).long()
-    net = mu.classify.MoEClassifier.linear(2, 2, 2)
-    assert len(mu.plots.decision_figure({"two classes": net}, x, y, resolution=20).data) > 0
-    for model in (mu.classify.MoEClassifier.linear(2, 3, 2), _ThreeClasses()):
+    net = mu.MixtureOfExperts.linear(2, 2, 2, likelihood="categorical")
+    fitted = mu.MixtureOfLogisticExperts(2, n_init=1, max_iter=5).fit(x, y)
+    figure = mu.plots.decision_figure({"module": net, "estimator": fitted}, x, y, resolution=20)
+    assert {t.name for t in figure.data} >= {"expert 0", "expert 1", "model's boundary"}
+    for model in (mu.MixtureOfExperts.linear(2, 3, 2, likelihood="categorical"), _ThreeClasses()):
         with pytest.raises(ValueError, match=r"models\['three'\]\.predict_proba must return \(G, 2\) probabilities "
                                              r"of 2 classes .*got \(400, 3\)"):
             mu.plots.decision_figure({"two": net, "three": model}, x, y, resolution=20)

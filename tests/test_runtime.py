@@ -59,3 +59,11 @@ def test_seed_makes_every_generator_repeat():
     assert first == again
     with pytest.raises(ValueError, match="seed must be >= 0"):
         mu.seed(-1)
+
+
+def test_mps_has_no_float64_so_it_gets_float32():
+    mps, cpu = torch.device("mps"), torch.device("cpu")
+    assert mu.runtime.precise_dtype(cpu) == torch.float64 and mu.runtime.precise_dtype(mps) == torch.float32
+    from moe_utils import _checks
+    assert _checks.float_dtype("dtype", torch.float64, mps) == torch.float32
+    assert _checks.float_dtype("dtype", torch.float64, cpu) == torch.float64

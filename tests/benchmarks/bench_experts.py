@@ -22,14 +22,14 @@ def run(device: str = "cpu", quick: bool = False) -> None:
         x = torch.randn(n, d, generator=gen).to(device)
         y = torch.randn(n, generator=gen).to(device)
         resp = torch.softmax(torch.randn(n, e, generator=gen), -1).to(device)
-        stacked = mu.experts.LinearExperts(d, o, e, generator=gen).to(device)
+        stacked = mu.experts.Linear(d, o, e, generator=gen).to(device)
         layers = [torch.nn.Linear(d, o).to(device) for _ in range(e)]
         with torch.no_grad():
             t_fwd = best_time(lambda: stacked(x), device=device)
             t_fwd_loop = best_time(lambda: torch.stack([layer(x) for layer in layers], 1), device=device)
-        t_fit = best_time(lambda: mu.experts.fit_linear(x, y, resp), device=device)
-        t_fit_loop = best_time(lambda: [mu.experts.fit_linear(x, y, resp[:, k:k + 1]) for k in range(e)],
-                               device=device)
+        wls = mu.solvers.weighted_least_squares
+        t_fit = best_time(lambda: wls(x, y[:, None], resp), device=device)
+        t_fit_loop = best_time(lambda: [wls(x, y[:, None], resp[:, k:k + 1]) for k in range(e)], device=device)
         print(f"{n:>10,}{e:>5} | {t_fwd:>9.4f}{t_fwd_loop:>9.4f}{t_fwd_loop / t_fwd:>6.1f}x"
               f" | {t_fit:>9.4f}{t_fit_loop:>9.4f}{t_fit_loop / t_fit:>6.1f}x")
     print()

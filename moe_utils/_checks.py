@@ -1,4 +1,4 @@
-"""Input validation shared by every module: clear errors that name the argument.
+"""Input validation (a private leaf module): clear errors that name the argument.
 
 Every public function of ``moe_utils`` checks its inputs with these helpers, so that bad
 input fails at the call with a message such as ``x must have shape (N,) or (N, D), got
@@ -30,8 +30,9 @@ def tensor(name: str, value, dtype=None, device=None) -> torch.Tensor:
     """``value`` (tensor, array or sequence of numbers) as a tensor; NaN/inf raise.
 
     Floating dtype follows the input (float32 and float64 stay as they are); integers and
-    booleans become ``dtype`` or torch's default float dtype. ``device`` (any name that
-    ``runtime.device`` takes, "auto" included) defaults to the input's own device.
+    booleans become ``dtype`` or torch's default float dtype. ``device`` (a ``torch.device`` or a
+    name such as ``"cpu"``; resolve ``"auto"`` with ``runtime.device`` first) defaults to the
+    input's own device. Apple's MPS has no float64: float64 becomes float32 there.
     """
     if isinstance(value, str) or value is None:
         raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(value).__name__}")
@@ -46,8 +47,8 @@ def tensor(name: str, value, dtype=None, device=None) -> torch.Tensor:
     elif not t.dtype.is_floating_point:
         t = t.to(torch.get_default_dtype())
     if device is not None:
-        from .runtime import device as resolve  # runtime imports this module
-        t = t.to(resolve(device))
+        device = torch.device(device)
+        t = t.to(device, torch.float32 if device.type == "mps" and t.dtype == torch.float64 else t.dtype)
     if t.numel() and not torch.isfinite(t).all():
         raise ValueError(f"{name} contains NaN or inf")
     return t
@@ -123,10 +124,13 @@ def seed(value) -> int:
     return value
 
 
-def float_dtype(name: str, value) -> torch.dtype:
-    """A floating torch dtype such as ``torch.float32``; strings and integer dtypes raise."""
+def float_dtype(name: str, value, device: torch.device | None = None) -> torch.dtype:
+    """A floating torch dtype such as ``torch.float32``; strings and integer dtypes raise.
+    On Apple's MPS ``device``, which has no float64, float64 becomes float32."""
     if not isinstance(value, torch.dtype) or not value.is_floating_point:
         raise TypeError(f"{name} must be a floating torch dtype such as torch.float32, got {value!r}")
+    if device is not None and torch.device(device).type == "mps" and value == torch.float64:
+        return torch.float32
     return value
 
 
