@@ -16,10 +16,12 @@ Shape letters (one glossary for every docstring and for the book's notation page
     R   ranks (processes) under expert parallelism
     P   parameters of a router, flattened
     G   grid or quadrature points
+    B   data sets trained side by side (a stack of independent models, chapter 6)
+    M   models trained at once in one stack
 
 Modules:
     data         1-D regression data sets and their best achievable test scores
-    data2d       2-D data sets (the classification blobs) and their best values
+    data2d       2-D data sets (the classification blobs, the curves) and their best values
     mixture      mixtures in log space: densities, E-step, mixture likelihood, blend, losses
     experts      stacked experts (leading axis E): Linear, Legendre, MLP, with a functional call
     routing      router networks (logits) and routing rules (a ``Routing`` tuple)
@@ -28,6 +30,9 @@ Modules:
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
+    autoencoder  autoencoder experts, the mixture of them, the atlas it codes points with
+    stack        many independent autoencoder mixtures trained as one (stacked tensors)
+    charts       mixtures of linear charts (probabilistic PCA) fitted by EM in closed form
     train        one gradient training loop (full or mini-batch, early stopping, tqdm)
     metrics      MSE/NLL, accuracy/NLL/calibration
     runtime      ``device("auto")``, ``seed``, ``precise_dtype``
@@ -37,7 +42,8 @@ Modules:
 
 import importlib
 
-from . import data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
+from . import (autoencoder, charts, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing,
+               runtime, solvers, stack, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -49,9 +55,9 @@ from .runtime import device, seed
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "competitive_loss", "cooperative_loss", "data", "data2d", "device", "em",
-           "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing", "runtime",
-           "scores", "seed", "solvers", "train"]
+           "Routing", "Scores", "autoencoder", "charts", "competitive_loss", "cooperative_loss", "data", "data2d",
+           "device", "em", "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing",
+           "runtime", "scores", "seed", "solvers", "stack", "train"]
 
 
 def __getattr__(name: str):
