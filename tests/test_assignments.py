@@ -53,6 +53,43 @@ WRONG = [
         resp, log_p = e_step(log_gates, log_lik)
         history.append(log_p.mean().item())
     return history, (slopes, intercepts)'''),
+    ("01_data_and_baselines", "q1_conditional_variance", "def conditional_variance(", '''def conditional_variance(gate, means, noise):
+    mean = (gate * means).sum(-1, keepdim=True)
+    return noise + (gate * (means - mean) ** 2).sum(-1)  # the sd where the variance belongs'''),
+    ("01_data_and_baselines", "q2_bagged_lines", "def bagged_lines(", '''def bagged_lines(x, y, x_new, n_bags, generator):
+    predictions = []
+    for _ in range(n_bags):
+        idx = torch.randint(len(x), (len(x),))  # the global generator: not reproducible from the argument
+        xb, yb = x[idx], y[idx]
+        slope = ((xb - xb.mean()) * (yb - yb.mean())).sum() / ((xb - xb.mean()) ** 2).sum()
+        predictions.append(yb.mean() + slope * (x_new - xb.mean()))
+    return torch.stack(predictions).mean(0)'''),
+    ("01_data_and_baselines", "q3_jump_gate", "def jump_gate(", '''def jump_gate(x, x_train, c):
+    return (x < c).to(x.dtype)  # a sharp step at the jump: the data cannot place it'''),
+    ("03_losses_and_gumbel", "q1_competitive", "def competitive_loss(", '''def competitive_loss(gate_logits, means, log_var, y):
+    log_gates = torch.log_softmax(gate_logits, -1)
+    log_n = -0.5 * ((y[:, None] - means) ** 2 + math.log(2 * math.pi))  # the variance fixed at 1
+    return -torch.logsumexp(log_gates + log_n, -1).mean()'''),
+    ("03_losses_and_gumbel", "q2_cooperative", "def cooperative_loss(", '''def cooperative_loss(gate_logits, means, y):
+    blend = (torch.softmax(gate_logits, -1).detach() * means).sum(-1)  # the gate gets no gradient
+    return ((y - blend) ** 2).mean()'''),
+    ("03_losses_and_gumbel", "q3_gumbel", "def gumbel_hard(", '''def gumbel_hard(logits, u, tau):
+    soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, -1)
+    return torch.nn.functional.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)  # no straight-through'''),
+    ("04_logistic_experts", "q1_irls", "def irls_step(", '''def irls_step(x_tilde, y, r, w, l2):
+    p = torch.sigmoid(x_tilde @ w)
+    grad = x_tilde.T @ (r * (y - p)) - l2 * w
+    hess = x_tilde.T @ ((p * (1 - p))[:, None] * x_tilde) + l2 * torch.eye(len(w), dtype=w.dtype)  # r left out
+    return w + torch.linalg.solve(hess, grad)'''),
+    ("04_logistic_experts", "q2_mixture_proba", "def mixture_log_proba(", '''def mixture_log_proba(log_gates, expert_logits):
+    return torch.log_softmax((log_gates.exp()[:, :, None] * expert_logits).sum(1), -1)  # blends the logits'''),
+    ("08_all_to_all", "q1_counts", "def send_counts(", '''def send_counts(chosen, n_experts, world_size):
+    counts = torch.bincount(chosen)  # no minlength: too short when the last experts get nothing
+    return counts.view(world_size, -1)'''),
+    ("08_all_to_all", "q2_all_to_all", "def all_to_all(", '''def all_to_all(sends, sizes):
+    world = len(sends)
+    blocks = [list(x.split(list(sizes[r]))) for r, x in enumerate(sends)]
+    return [torch.cat([blocks[r][s] for s in range(world)]) for r in range(world)]  # its own blocks, not its mail'''),
 ]
 
 
