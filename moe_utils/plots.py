@@ -17,7 +17,7 @@ import torch
 from plotly.subplots import make_subplots
 
 __all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots",
-           "decision_figure", "reliability_figure"]
+           "decision_figure", "reliability_figure", "confidence_figure"]
 
 # Expert e is drawn in COLORS[e % len(COLORS)] in every chapter (plotly's default sequence).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -230,4 +230,14 @@ def reliability_figure(curves: dict, title: str = "Reliability diagram") -> go.F
     fig.update_yaxes(type="log", title_text="samples", row=2, col=1)
     fig.update_xaxes(range=[0, 1], title_text="predicted p(class 1)", row=2, col=1)
     fig.update_layout(title=title, height=560, margin=dict(l=60, r=20, t=60, b=40), barmode="overlay")
+    return fig
+
+
+def confidence_figure(curves: dict, title: str = "Top-label reliability diagram") -> go.Figure:
+    """Top-label reliability diagrams (Guo et al., 2017): ``reliability_figure`` with the axes of
+    ``metrics.reliability``'s default, accuracy of the top class against its confidence
+    max_c p(c | x). ``curves`` maps a name to a ``metrics.Reliability``; the legend shows each ECE."""
+    fig = reliability_figure(curves, title)
+    fig.update_yaxes(title_text="accuracy of the top class", row=1, col=1)
+    fig.update_xaxes(title_text="confidence: max<sub>c</sub> p(c | x)", row=2, col=1)
     return fig
