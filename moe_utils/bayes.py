@@ -287,13 +287,14 @@ class BayesianMoE(nn.Module):
         return torch.log_softmax(logits, -1), out
 
     def log_lik(self, draws: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                likelihood: str = "mixture") -> torch.Tensor:
-        """log p(y_n | x_n, theta_s): (S, N), with the ``"mixture"`` or the ``"blended"`` likelihood."""
+                likelihood: str = "mixture", forward=None) -> torch.Tensor:
+        """log p(y_n | x_n, theta_s): (S, N), with the ``"mixture"`` or the ``"blended"`` likelihood.
+        ``forward``: ``self(x, draws)`` if already computed."""
         likelihood = checks.choice("likelihood", likelihood, LIKELIHOODS)
         y = self.likelihood.targets(y)
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"x and y must have the same number of samples, got {x.shape[0]} and {y.shape[0]}")
-        log_gates, out = self(x, draws)
+        log_gates, out = self(x, draws) if forward is None else forward
         log_var = draws["likelihood.log_var"][:, None]                           # (S, 1, 1, O)
         if likelihood == "blended":
             blend = torch.einsum("sne,sneo->sno", log_gates.exp(), out)
@@ -326,12 +327,13 @@ def fit(model: BayesianMoE, posterior: Posterior, x, y, steps: int = 1500, n_dra
                      desc="ELBO")
 
 
-def predictive_sample(model: BayesianMoE, draws: dict, x, likelihood: str = "mixture", generator=None) -> torch.Tensor:
+def predictive_sample(model: BayesianMoE, draws: dict, x, likelihood: str = "mixture", generator=None,
+                      forward=None) -> torch.Tensor:
     """One y per draw and input, noise included: (S, N, O). Mixture: pick an expert z ~ g(x), then
-    y = f_z(x) + sigma eps; blended: y = sum_e g_e f_e + sigma eps."""
+    y = f_z(x) + sigma eps; blended: y = sum_e g_e f_e + sigma eps. ``forward``: ``model(x, draws)``."""
     likelihood = checks.choice("likelihood", likelihood, LIKELIHOODS)
     with torch.no_grad():
-        log_gates, out = model(x, draws)
+        log_gates, out = model(x, draws) if forward is None else forward
         gates = log_gates.exp()
         if likelihood == "blended":
             mean = torch.einsum("sne,sneo->sno", gates, out)
@@ -343,10 +345,10 @@ def predictive_sample(model: BayesianMoE, draws: dict, x, likelihood: str = "mix
         return mean + sd * _randn(mean.shape, mean, generator)
 
 
-def log_predictive(model: BayesianMoE, draws: dict, x, y, likelihood: str = "mixture") -> torch.Tensor:
+def log_predictive(model: BayesianMoE, draws: dict, x, y, likelihood: str = "mixture", forward=None) -> torch.Tensor:
     """log p(y_n | x_n, data) ~ log mean_s p(y_n | x_n, theta_s): (N,), the test log score."""
     with torch.no_grad():
-        lik = model.log_lik(draws, x, y, likelihood)
+        lik = model.log_lik(draws, x, y, likelihood, forward)
     return torch.logsumexp(lik, 0) - math.log(lik.shape[0])
 
 
