@@ -38,7 +38,8 @@ Modules:
 
 import importlib
 
-from . import bayes, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
+from . import (bayes, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime,
+               solvers, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores

@@ -42,8 +42,8 @@ from torch.func import functional_call
 from . import _checks as checks
 from . import likelihoods, mixture, train
 
-__all__ = ["FAMILIES", "BayesianMoE", "Fixed", "FullRank", "MeanField", "Point", "Posterior", "Prior", "band", "elbo", "fit",
-           "gaussian_kl", "log_predictive", "nuts", "predictive_sample"]
+__all__ = ["FAMILIES", "BayesianMoE", "Fixed", "FullRank", "MeanField", "Point", "Posterior", "Prior", "band", "elbo",
+           "fit", "gaussian_kl", "log_predictive", "nuts", "predictive_sample"]
 
 LIKELIHOODS = ("mixture", "blended")
 

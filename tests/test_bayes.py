@@ -144,7 +144,8 @@ def test_log_lik_equals_torch_mixture_same_family_and_blended_normal():
         ref = dist.MixtureSameFamily(dist.Categorical(logits=log_gates[s]), dist.Normal(out[s, :, :, 0], sd[s, 0, 0]))
         torch.testing.assert_close(model.log_lik(draws, x, y)[s], ref.log_prob(y))
         blend = (log_gates[s].exp() * out[s, :, :, 0]).sum(-1)
-        torch.testing.assert_close(model.log_lik(draws, x, y, "blended")[s], dist.Normal(blend, sd[s, 0, 0]).log_prob(y))
+        torch.testing.assert_close(model.log_lik(draws, x, y, "blended")[s],
+                                   dist.Normal(blend, sd[s, 0, 0]).log_prob(y))
     torch.testing.assert_close(bayes.log_predictive(model, draws, x, y),
                                torch.logsumexp(model.log_lik(draws, x, y), 0) - math.log(3))
 
