@@ -365,7 +365,8 @@ def band(samples: torch.Tensor, level: float = 0.8) -> tuple[torch.Tensor, torch
 
 
 def nuts(model: BayesianMoE, posterior: Posterior, x, y, n_samples: int = 500, warmup: int = 500,
-         likelihood: str = "mixture", seed: int = 0, max_tree_depth: int = 8, progress: bool = False):
+         likelihood: str = "mixture", seed: int = 0, max_tree_depth: int = 8, target_accept: float = 0.95,
+         progress: bool = False):
     """The exact posterior of the same model: pyro's NUTS (Hoffman and Gelman, 2014) on
     -log p(y | x, theta) - log p(theta) with ``posterior``'s priors, every group random but the
     fixed ones, started at ``posterior``'s means. Returns draws {name: (n_samples, ...)} and pyro's diagnostics
@@ -382,7 +383,9 @@ def nuts(model: BayesianMoE, posterior: Posterior, x, y, n_samples: int = 500, w
         return -(model.log_lik(draws, x, y, likelihood).sum() + posterior.log_prior(draws).sum())
 
     pyro.set_rng_seed(checks.seed(seed))
+    target_accept = checks.finite_float("target_accept", target_accept, 0.0, 1.0, low_open=True, high_open=True)
     kernel = NUTS(potential_fn=potential, adapt_step_size=True, adapt_mass_matrix=True, full_mass=True,
+                  target_accept_prob=target_accept,
                   max_tree_depth=checks.positive_int("max_tree_depth", max_tree_depth))
     mcmc = MCMC(kernel, num_samples=checks.positive_int("n_samples", n_samples),
                 warmup_steps=checks.positive_int("warmup", warmup, minimum=0),
