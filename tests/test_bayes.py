@@ -253,4 +253,4 @@ def test_variational_band_agrees_with_a_nuts_reference():
         assert abs(vi["cover_out"] - nuts["cover_out"]) < 0.05
         assert abs(vi["width_out"] / nuts["width_out"] - 1) < 0.15
         assert abs(vi["sigma"] / nuts["sigma"] - 1) < 0.1
-        assert vi["cover_gap"] > 0.5 and nuts["cover_gap"] > 0.5
+        assert vi["cover_gap"] > 0.4 and nuts["cover_gap"] > 0.4    # the blended mean: about 0.2
