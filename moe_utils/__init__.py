@@ -18,6 +18,7 @@ Shape letters (one glossary for every docstring and for the book's notation page
     G   grid or quadrature points
 
 Modules:
+    bayes        Bayesian MoE: parameter groups bound by name, the ELBO, NUTS reference, bands
     data         1-D regression data sets and their best achievable test scores
     data2d       2-D data sets (the classification blobs) and their best values
     mixture      mixtures in log space: densities, E-step, mixture likelihood, blend, losses
@@ -37,7 +38,8 @@ Modules:
 
 import importlib
 
-from . import data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
+from . import (bayes, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime,
+               solvers, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -49,7 +51,7 @@ from .runtime import device, seed
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "competitive_loss", "cooperative_loss", "data", "data2d", "device", "em",
+           "Routing", "Scores", "bayes", "competitive_loss", "cooperative_loss", "data", "data2d", "device", "em",
            "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing", "runtime",
            "scores", "seed", "solvers", "train"]
 

@@ -1,5 +1,5 @@
 """Test metrics: MSE and NLL (nats per sample) for regression; accuracy, NLL and calibration
-for classification.
+for classification; interval coverage and the CRPS of a predictive sample.
 
 >>> import torch, moe_utils as mu
 >>> y = torch.tensor([0.0, 1.0])
@@ -14,7 +14,8 @@ import torch
 from . import _checks as checks
 from .mixture import gaussian_log_prob
 
-__all__ = ["ClassScores", "Reliability", "Scores", "class_scores", "point_log_prob", "reliability", "scores"]
+__all__ = ["ClassScores", "Reliability", "Scores", "class_scores", "coverage", "crps", "point_log_prob", "reliability",
+           "scores"]
 
 
 class Scores(NamedTuple):
@@ -120,3 +121,34 @@ def _class_probs(probs) -> torch.Tensor:
     if ((probs.sum(1) - 1).abs() > 1e-4).any():
         raise ValueError("each row of probs must sum to one: probs holds p(c | x) over the C classes")
     return probs.clamp(0.0, 1.0)  # float32 rounding
+
+
+def coverage(y, lo, hi) -> float:
+    """The fraction of targets y (N,) inside their intervals [lo, hi] (N,) each: for a central
+    80% predictive band, 0.8 if the band is calibrated."""
+    y = checks.vector("y", y)
+    lo = checks.vector("lo", lo, n=y.shape[0])
+    hi = checks.vector("hi", hi, n=y.shape[0])
+    if (lo > hi).any():
+        raise ValueError("every interval must have lo <= hi")
+    return ((y >= lo) & (y <= hi)).double().mean().item()
+
+
+def crps(samples, y) -> torch.Tensor:
+    """The continuous ranked probability score of a predictive sample (S, N) at targets y (N,):
+    E|X - y| - E|X - X'| / 2 under the sample's empirical distribution (Gneiting and Raftery,
+    2007), per target (N,). A proper score in y's units, lower is better; |x - y| for a point.
+
+    >>> import torch, moe_utils as mu
+    >>> mu.metrics.crps(torch.tensor([[0.0], [2.0]]), torch.tensor([0.0]))
+    tensor([0.5000])
+    """
+    samples = checks.tensor("samples", samples)
+    y = checks.vector("y", y)
+    if samples.ndim != 2 or samples.shape[1] != y.shape[0]:
+        raise ValueError(f"samples must have shape (S, {y.shape[0]}) (draws by targets), got {tuple(samples.shape)}")
+    s = samples.shape[0]
+    to_y = (samples - y).abs().mean(0)
+    ranks = 2 * torch.arange(1, s + 1, dtype=samples.dtype, device=samples.device) - s - 1   # E|X - X'| from
+    spread = 2 * (ranks[:, None] * samples.sort(0).values).sum(0) / s**2                     # the sorted sample
+    return to_y - spread / 2

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from . import bench_em, bench_experts
+from . import bench_bayes, bench_em, bench_experts
 
 
 def main() -> None:
@@ -18,6 +18,7 @@ def main() -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, devices: {', '.join(devices)}\n")
     bench_em.run(quick=args.quick)
+    bench_bayes.run(quick=args.quick)
     for device in devices:
         bench_experts.run(device, quick=args.quick)
 
