@@ -48,3 +48,13 @@ def test_confidence_figure_draws_top_label_reliability_with_its_ece():
     assert fig.layout.yaxis.title.text == "accuracy of the top class"
     assert fig.layout.xaxis2.title.text.startswith("confidence")
     assert f"ECE {rel.ece:.3f}" in fig.data[1].name
+
+
+def test_graphical_model_draws_three_nodes_two_shaded():
+    from matplotlib.patches import Circle
+
+    fig = mu.plots.graphical_model()
+    circles = [p for p in fig.axes[0].patches if isinstance(p, Circle)]
+    assert len(circles) == 3
+    assert sum(c.get_facecolor()[0] < 1 for c in circles) == 2  # x_n and y_n are observed
+    assert {t.get_text() for t in fig.axes[0].texts} >= {"$x_n$", "$z_n$", "$y_n$"}
