@@ -33,14 +33,15 @@ def counts(chosen: torch.Tensor, n_experts: int, kept: torch.Tensor | None = Non
     return torch.bincount(flat, minlength=n_experts).to(torch.get_default_dtype())
 
 
-def switch_balance(probs: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
-    """E sum_i f_i P_i: probs (N, E) the router's probabilities, chosen (N, K) the experts picked.
+def switch_balance(probs: torch.Tensor, chosen: torch.Tensor, load: torch.Tensor | None = None) -> torch.Tensor:
+    """E sum_i f_i P_i: probs (N, E) the router's probabilities, chosen (N, K) the experts picked
+    (``load`` (E,): their ``counts``, if already known).
 
     f_i = (assignments to i) / (N K) sums to one; P_i = mean_n probs_ni. Only P carries a gradient.
     Hugging Face's ``load_balancing_loss_func`` (Mixtral) sums f over the K slots: K times this.
     """
     n_experts = probs.shape[-1]
-    f = counts(chosen, n_experts).to(probs) / chosen.numel()
+    f = (counts(chosen, n_experts) if load is None else load).to(probs) / chosen.numel()
     return n_experts * (f * probs.mean(0)).sum()
 
 

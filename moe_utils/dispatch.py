@@ -83,6 +83,16 @@ def _check(experts, x, chosen, weights, kept):
         raise ValueError(f"chosen must hold expert indices in 0 .. {experts.n_experts - 1}")
 
 
+def _standardised(experts, x: torch.Tensor) -> torch.Tensor:
+    """The experts' inputs z = (x - shift) / scale; x itself when they do not scale (the usual
+    case in a sparse layer), which saves two passes over the tokens."""
+    if bool(experts.shift.any()) or bool((experts.scale != 1).any()):
+        return experts.standardise(x)
+    if x.shape[-1] != experts.n_inputs:
+        raise ValueError(f"x must have shape (N, {experts.n_inputs}), got {tuple(x.shape)}")
+    return x
+
+
 # ---------------------------------------------------------------------- the dense reference
 def dense(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
           kept: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,7 +120,7 @@ def padded(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     keep = pos < capacity if kept is None else kept & (pos < capacity)
     token = torch.arange(n, device=x.device)[:, None].expand_as(chosen)[keep]   # (M,)
     expert, row = chosen[keep], pos[keep]
-    z = experts.standardise(x)
+    z = _standardised(experts, x)
     buffer = z.new_zeros(capacity, e, z.shape[1]).index_put((row, expert), z.index_select(0, token))
     out = experts.function(experts.params(), buffer)                           # (C, E, O)
     ys = out[row, expert] * weights[keep][:, None]                             # (M, O)
@@ -162,7 +172,7 @@ def sort_based(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Te
     """Sort, permute, compute, combine (no padding, nothing dropped but ``kept``): x (N, D) -> (N, O)."""
     _check(experts, x, chosen, weights, kept)
     plan = sort(chosen, experts.n_experts, kept)
-    ys = compute(experts, permute(experts.standardise(x), plan), plan.counts)
+    ys = compute(experts, permute(_standardised(experts, x), plan), plan.counts)
     return combine(ys, plan, weights, x.shape[0])
 
 
@@ -172,7 +182,7 @@ def masked_loop(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.T
     """A ``torch.where(chosen == e)`` per expert, a gather and an index_add each (as in
     Hugging Face's Mixtral block): the same result, E scans of the choices. x (N, D) -> (N, O)."""
     _check(experts, x, chosen, weights, kept)
-    z, mask = experts.standardise(x), chosen if kept is None else torch.where(kept, chosen, -1)
+    z, mask = _standardised(experts, x), chosen if kept is None else torch.where(kept, chosen, -1)
     found = [torch.where(mask == e) for e in range(experts.n_experts)]          # (token, slot) each
     ys = experts.blocks([z.index_select(0, token) for token, _ in found])
     out = z.new_zeros(x.shape[0], experts.n_outputs)

@@ -241,5 +241,5 @@ class MLP(Experts):
             return [(silu(z @ g) * (z @ u)) @ d
                     for z, g, u, d in zip(zs, self.w_gate.unbind(), self.w_up.unbind(), self.w_down.unbind())]
         act = ACTIVATIONS[self.activation]
-        return [torch.addmm(b2, act(torch.addmm(b1, z, w1)), w2)
-                for z, w1, b1, w2, b2 in zip(zs, self.w1.unbind(), self.b1.unbind(), self.w2.unbind(), self.b2.unbind())]
+        layers = zip(self.w1.unbind(), self.b1.unbind(), self.w2.unbind(), self.b2.unbind())
+        return [torch.addmm(b2, act(torch.addmm(b1, z, w1)), w2) for z, (w1, b1, w2, b2) in zip(zs, layers)]

@@ -45,6 +45,12 @@ __all__ = ["DeepSeek", "ExpertChoice", "NoisyTopK", "Switch", "TopK"]
 _DIAGNOSTIC = {"balance": "balance", "z": "z", "importance": "importance_cv2", "load": "load_cv2"}
 
 
+def _top(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of each row (values, indices), largest first; max for k = 1 (several times
+    faster than topk on the CPU)."""
+    return values.max(-1, keepdim=True) if k == 1 else values.topk(k, dim=-1)
+
+
 class _Rule(nn.Module):
     """Shared by the rules: argument checks, the aux dict and its weighted losses."""
 
@@ -66,17 +72,18 @@ class _Rule(nn.Module):
         if logits.ndim != 2 or logits.shape[1] % self.logits_per_expert:
             per = "" if self.logits_per_expert == 1 else f" with {self.logits_per_expert} per expert"
             raise ValueError(f"logits must have shape (N, E){per}, got {tuple(logits.shape)}")
-        if not torch.isfinite(logits).all():
-            raise ValueError("logits contain NaN or inf")
+        if not torch.isfinite(logits.sum()):  # one reduction: cheap in a training loop
+            raise ValueError("logits contain NaN or inf (or values so large that they overflow)")
         n_experts = logits.shape[1] // self.logits_per_expert
         if k is not None and k > n_experts:
             raise ValueError(f"k must be <= the number of experts {n_experts}, got k = {k}")
         return logits
 
-    def _aux(self, logits, probs, chosen, weights, smooth_load=None) -> dict:
+    def _aux(self, logits, probs, chosen, weights, smooth_load=None, log_probs=None) -> dict:
         n_experts = probs.shape[1]
         load = balance.counts(chosen, n_experts).to(probs)
-        aux = {"load": load / load.sum(), "balance": balance.switch_balance(probs, chosen), "z": balance.z_loss(logits),
+        z = balance.z_loss(logits) if log_probs is None else (logits[:, 0] - log_probs[:, 0]).square().mean()
+        aux = {"load": load / load.sum(), "balance": balance.switch_balance(probs, chosen, load), "z": z,
                "importance_cv2": balance.cv_squared(balance.importance(weights, chosen, n_experts)),
                "load_cv2": balance.cv_squared(load if smooth_load is None else smooth_load),
                "dropped": probs.new_zeros(())}
@@ -106,13 +113,13 @@ class TopK(_Rule):
         logits = self._logits(logits, self.k)
         log_probs = torch.log_softmax(logits, dim=-1)
         probs = log_probs.exp()
-        weights, chosen = probs.topk(self.k, dim=-1)
+        weights, chosen = _top(probs, self.k)
         if self.normalise:
             weights = weights / weights.sum(-1, keepdim=True)
         return self._finish(logits, log_probs, probs, chosen, weights)
 
-    def _finish(self, logits, log_probs, probs, chosen, weights, smooth_load=None) -> Routing:
-        aux = self._aux(logits, probs, chosen, weights, smooth_load)
+    def _finish(self, logits, log_probs, probs, chosen, weights, smooth_load=None, softmax=True) -> Routing:
+        aux = self._aux(logits, probs, chosen, weights, smooth_load, log_probs if softmax else None)
         if self.capacity_factor is not None:
             c = capacity(chosen.shape[0], probs.shape[1], chosen.shape[1], self.capacity_factor)
             kept = positions(chosen, probs.shape[1]) < c
@@ -159,7 +166,7 @@ class NoisyTopK(TopK):
                 smooth = balance.smooth_load(clean, noisy, sd, self.k) if self.k < clean.shape[1] else None
         else:
             noisy = clean
-        top, chosen = noisy.topk(self.k, dim=-1)
+        top, chosen = _top(noisy, self.k)
         log_probs = torch.log_softmax(clean, dim=-1)
         return self._finish(clean, log_probs, log_probs.exp(), chosen, torch.softmax(top, dim=-1), smooth)
 
@@ -202,7 +209,7 @@ class DeepSeek(TopK):
         if self.normalise:
             weights = weights / weights.sum(-1, keepdim=True)
         probs = scores / scores.sum(-1, keepdim=True)
-        routing = self._finish(logits, torch.log(probs), probs, chosen, weights * self.routed_scale)
+        routing = self._finish(logits, torch.log(probs), probs, chosen, weights * self.routed_scale, softmax=False)
         if self.training and self.bias_rate > 0:
             with torch.no_grad():
                 load = balance.counts(chosen, self.n_experts).to(self.bias)
@@ -218,7 +225,7 @@ class DeepSeek(TopK):
             shut = torch.ones_like(group_score, dtype=torch.bool).scatter(
                 1, group_score.topk(self.top_groups, dim=-1).indices, False)
             biased = grouped.masked_fill(shut[:, :, None], -torch.inf).reshape_as(biased)
-        return biased.topk(self.k, dim=-1).indices
+        return _top(biased, self.k)[1]
 
 
 class ExpertChoice(_Rule):
@@ -245,7 +252,7 @@ class ExpertChoice(_Rule):
         kept = torch.zeros_like(probs, dtype=torch.bool).scatter(0, picks, True)
         chosen = torch.arange(e, device=logits.device).expand(n, e)
         weights = probs * kept
-        aux = self._aux(logits, probs, chosen, weights)
+        aux = self._aux(logits, probs, chosen, weights, log_probs=log_probs)
         per_token = kept.sum(1)
         aux.update(load=kept.sum(0).to(probs) / kept.sum(), capacity=c, kept=kept, experts_per_token=per_token,
                    dropped=(per_token == 0).to(probs.dtype).mean())

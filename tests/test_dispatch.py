@@ -197,3 +197,12 @@ def test_bad_input_gets_a_clear_error():
         layer(torch.zeros(3, 5))
     with pytest.raises(ValueError, match="k must be <="):
         mu.SparseMoE(4, 4, 2, rule=TopK(k=3))(torch.zeros(3, 4))
+
+
+def test_experts_that_standardise_their_inputs_dispatch_the_same():
+    experts = mu.experts.MLP(5, 7, 5, 3, shift=torch.linspace(-1, 1, 5), scale=torch.linspace(0.5, 2, 5),
+                             generator=GEN(8)).double()
+    x, chosen, weights = routed_case(20, 3, 2, seed=9)
+    want = dispatch.dense(experts, x, chosen, weights)
+    for name, fn in DISPATCHES.items():
+        torch.testing.assert_close(fn(experts, x, chosen, weights), want, msg=name)

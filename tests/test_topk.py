@@ -190,6 +190,7 @@ def test_aux_losses_are_returned_weighted_and_summed_by_aux_loss():
     want = 0.1 * plain.aux["balance"] + 0.01 * plain.aux["z"] + 0.5 * plain.aux["importance_cv2"]
     torch.testing.assert_close(mu.mixture.aux_loss(weighted), want)
     torch.testing.assert_close(plain.aux["load"].sum(), torch.tensor(1.0, dtype=F64))
+    torch.testing.assert_close(plain.aux["z"], balance.z_loss(logits))
 
 
 def test_a_sparse_routing_combines_with_the_core_mixture_functions():

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from . import bench_em, bench_experts
+from . import bench_dispatch, bench_em, bench_experts
 
 
 def main() -> None:
@@ -20,6 +20,8 @@ def main() -> None:
     bench_em.run(quick=args.quick)
     for device in devices:
         bench_experts.run(device, quick=args.quick)
+    for device in devices:
+        bench_dispatch.run(device, quick=args.quick)
 
 
 if __name__ == "__main__":
