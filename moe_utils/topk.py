@@ -5,10 +5,12 @@ Every rule maps router logits (N, E) to the core's ``routing.Routing`` tuple, wi
 - ``chosen`` (N, K): the experts each token goes to, ``weights`` (N, K): their combine weights
   (0 where an assignment was dropped), ``log_probs`` (N, E): the router's log-probabilities;
 - ``aux``: the auxiliary losses, entries named ``*_loss`` that ``mixture.aux_loss`` adds (only
-  those whose weight is > 0), and diagnostics: ``load`` (E,) the share of assignments per expert,
-  ``dropped`` the fraction of assignments dropped by the capacity limit, the unweighted
-  ``balance``, ``z``, ``importance_cv2`` and ``load_cv2`` (see ``balance``), and, when a capacity
-  applies, ``capacity`` C and ``kept`` (N, K), the assignments within it.
+  those whose weight is > 0, each beside its unweighted value: ``balance``, ``z``,
+  ``importance_cv2``, ``load_cv2``; see ``balance``), and diagnostics: ``load`` (E,) the share of
+  assignments per expert, ``dropped`` the fraction of assignments dropped by the capacity limit,
+  ``z`` the router's mean squared log-partition, and, when a capacity applies, ``capacity`` C and
+  ``kept`` (N, K), the assignments within it. (Only what is asked for is computed: a sparse layer
+  is trained with thousands of small steps.)
 
 The rules (token choice unless said otherwise):
 
@@ -25,7 +27,7 @@ The rules (token choice unless said otherwise):
 A rule reads ``n_logits(E)`` logits per token: a router network for it has that many outputs.
 
 >>> import torch, moe_utils as mu
->>> routing = mu.topk.TopK(k=2)(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]))
+>>> routing = mu.topk.TopK(k=2, balance_weight=0.01)(torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.0, 3.0]]))
 >>> routing.chosen.tolist(), routing.weights.sum(-1).tolist()
 ([[0, 1], [2, 0]], [1.0, 1.0])
 >>> round(float(routing.aux["balance"]), 3), routing.aux["load"].tolist()
@@ -83,11 +85,15 @@ class _Rule(nn.Module):
         n_experts = probs.shape[1]
         load = balance.counts(chosen, n_experts).to(probs)
         z = balance.z_loss(logits) if log_probs is None else (logits[:, 0] - log_probs[:, 0]).square().mean()
-        aux = {"load": load / load.sum(), "balance": balance.switch_balance(probs, chosen, load), "z": z,
-               "importance_cv2": balance.cv_squared(balance.importance(weights, chosen, n_experts)),
-               "load_cv2": balance.cv_squared(load if smooth_load is None else smooth_load),
-               "dropped": probs.new_zeros(())}
-        aux.update({f"{name}_loss": w * aux[_DIAGNOSTIC[name]] for name, w in self.loss_weights.items() if w > 0})
+        aux = {"load": load / load.sum(), "z": z, "dropped": probs.new_zeros(())}
+        wanted = {name for name, w in self.loss_weights.items() if w > 0}
+        if "balance" in wanted:
+            aux["balance"] = balance.switch_balance(probs, chosen, load)
+        if "importance" in wanted:
+            aux["importance_cv2"] = balance.cv_squared(balance.importance(weights, chosen, n_experts))
+        if "load" in wanted:
+            aux["load_cv2"] = balance.cv_squared(load if smooth_load is None else smooth_load)
+        aux.update({f"{name}_loss": self.loss_weights[name] * aux[_DIAGNOSTIC[name]] for name in wanted})
         return aux
 
 

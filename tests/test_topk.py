@@ -186,9 +186,13 @@ def test_aux_losses_are_returned_weighted_and_summed_by_aux_loss():
     logits = logits_of(seed=11)
     plain = TopK(k=2)(logits)
     assert not [k for k in plain.aux if k.endswith("_loss")] and mu.mixture.aux_loss(plain) == 0
+    assert {"load", "z", "dropped"} <= set(plain.aux) and "balance" not in plain.aux
     weighted = TopK(k=2, balance_weight=0.1, z_weight=0.01, importance_weight=0.5)(logits)
-    want = 0.1 * plain.aux["balance"] + 0.01 * plain.aux["z"] + 0.5 * plain.aux["importance_cv2"]
+    probs = torch.softmax(logits, -1)
+    want = (0.1 * balance.switch_balance(probs, plain.chosen) + 0.01 * balance.z_loss(logits)
+            + 0.5 * balance.cv_squared(balance.importance(plain.weights, plain.chosen, 6)))
     torch.testing.assert_close(mu.mixture.aux_loss(weighted), want)
+    torch.testing.assert_close(weighted.aux["balance_loss"], 0.1 * weighted.aux["balance"])
     torch.testing.assert_close(plain.aux["load"].sum(), torch.tensor(1.0, dtype=F64))
     torch.testing.assert_close(plain.aux["z"], balance.z_loss(logits))
 

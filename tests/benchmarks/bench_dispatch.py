@@ -5,8 +5,8 @@ router), with N tokens, D = 256, H = 512 (plain MLP experts, GELU), E experts an
 timed for a forward pass (no autograd) and a forward + backward pass, four ways:
 
 - dense: every expert on every token, weighted by the router's softmax (the soft MoE of the same
-  experts): E/k times the FLOPs of the sparse layer, so E/k is the ideal speed-up over it. All
-  experts at once in two large products, on blocks of tokens so that its activations fit in memory;
+  experts): E/k times the FLOPs of the sparse layer, so E/k is the ideal speed-up over it. One
+  expert at a time on blocks of tokens, so that its activations fit in memory;
 - padded: capacity-padded batched product (capacity factor 1.25; what overflows is dropped);
 - sort: sort-based (one argsort, one gather, one product per expert and layer, one index_add);
 - loop: a torch.where per expert (the common idiom in public code).
@@ -40,18 +40,15 @@ def measure(fn, device: str, budget: float = 5.0) -> float:
 
 
 def dense(experts, x, probs, grad=None):
-    """sum_e probs[:, e] f_e(x) as two large products over all experts at once, on blocks of
-    tokens: gelu(x W1 + b1) (n, E H), scaled by each expert's probability, times the stacked W2
-    (E H, D), plus probs b2. With ``grad``, each block's backward right after it (the same work,
-    bounded memory)."""
-    e, d, h = experts.w1.shape
-    w1 = experts.w1.permute(1, 0, 2).reshape(d, e * h)                        # (D, E H)
-    b1, w2 = experts.b1.reshape(e * h), experts.w2.reshape(e * h, -1)         # (E H,), (E H, D)
-    chunk = max(1024, 2**17 // e)
+    """sum_e probs[:, e] f_e(x): each expert on every token of a block, accumulated in place (of
+    the dense forms we timed, one large product over all experts at once included, the fastest).
+    With ``grad``, each block's backward right after it: the same work, in bounded memory."""
+    chunk = max(1024, 2**17 // experts.n_experts)
     for start in range(0, x.shape[0], chunk):
         xs, ps = x[start:start + chunk], probs[start:start + chunk]
-        hidden = torch.nn.functional.gelu(torch.addmm(b1, xs, w1)) * ps.repeat_interleave(h, dim=1)
-        out = torch.addmm(ps @ experts.b2, hidden, w2)
+        out = xs.new_zeros(xs.shape[0], experts.n_outputs)
+        for e, y in enumerate(experts.blocks([xs] * experts.n_experts)):
+            out.addcmul_(ps[:, e:e + 1], y)
         if grad is not None:
             out.backward(grad[start:start + chunk])
 
