@@ -20,7 +20,7 @@ The rules (token choice unless said otherwise):
 - ``NoisyTopK``: the top k of noisy logits, softmax over those k (Shazeer et al., 2017); it reads
   logits (N, 2E): E clean logits and E noise scales (softplus); its ``load_cv2`` is smooth.
 - ``DeepSeek``: sigmoid scores; the top k of scores + a per-expert bias that only chooses and is
-  nudged towards balance outside the gradient (Liu et al., 2024, DeepSeek-V3).
+  nudged towards balance outside the gradient (DeepSeek-AI, 2024: DeepSeek-V3).
 - ``ExpertChoice``: each expert picks its C tokens (Zhou et al., 2022); chosen is (N, E) and
   ``kept`` marks the picks; each token gets 0 to E experts.
 
