@@ -55,7 +55,7 @@ def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
 def importance(weights: torch.Tensor, chosen: torch.Tensor, n_experts: int) -> torch.Tensor:
     """The importance of each expert (E,): the sum over tokens of its combine weight; weights and
     chosen (N, K). Differentiable through the weights."""
-    return weights.new_zeros(n_experts).index_add(0, chosen.reshape(-1), weights.reshape(-1))
+    return weights.new_zeros(n_experts).index_add_(0, chosen.reshape(-1), weights.reshape(-1))
 
 
 def smooth_load(clean: torch.Tensor, noisy: torch.Tensor, noise_sd: torch.Tensor, k: int) -> torch.Tensor:

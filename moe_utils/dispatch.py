@@ -18,7 +18,7 @@ The layer's output is
       plan = sort(chosen, E, kept)         # argsort by expert (stable), counts per expert
       xs = permute(z, plan)                # (M, D): one gather, rows grouped by expert
       ys = compute(experts, xs, counts)    # split into E contiguous blocks, one product each
-      out = combine(ys, plan, weights, N)  # weight, and scatter back with one index_add
+      out = combine(ys, plan, weights, N)  # weight, and scatter back with index_add
 
 - ``masked_loop``: the common idiom in public code (a ``torch.where`` per expert), for comparison.
 
@@ -121,10 +121,10 @@ def padded(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor
     token = torch.arange(n, device=x.device)[:, None].expand_as(chosen)[keep]   # (M,)
     expert, row = chosen[keep], pos[keep]
     z = _standardised(experts, x)
-    buffer = z.new_zeros(capacity, e, z.shape[1]).index_put((row, expert), z.index_select(0, token))
+    buffer = z.new_zeros(capacity, e, z.shape[1]).index_put_((row, expert), z.index_select(0, token))
     out = experts.function(experts.params(), buffer)                           # (C, E, O)
     ys = out[row, expert] * weights[keep][:, None]                             # (M, O)
-    return ys.new_zeros(n, ys.shape[1]).index_add(0, token, ys)
+    return ys.new_zeros(n, ys.shape[1]).index_add_(0, token, ys)
 
 
 # ---------------------------------------------------------------------- sort-based, in steps
@@ -154,17 +154,27 @@ def permute(z: torch.Tensor, plan: Plan) -> torch.Tensor:
     return z.index_select(0, plan.token)
 
 
-def compute(experts, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def compute(experts, xs: torch.Tensor, counts: torch.Tensor, cat: bool = True):
     """Run expert e on its block of xs (M, D), the rows counts[:e].sum() .. counts[:e+1].sum():
-    (M, O). ``experts.blocks`` makes one product per expert and layer."""
+    (M, O), or with ``cat=False`` the list of the E blocks' outputs (M_e, O), which ``combine``
+    takes as they are (one copy of the rows fewer). ``experts.blocks`` makes one product per
+    expert and layer."""
     blocks = experts.blocks(xs.split(counts.tolist()))
-    return torch.cat(blocks) if blocks else xs.new_zeros(0, experts.n_outputs)
+    return torch.cat(blocks) if cat else blocks
 
 
-def combine(ys: torch.Tensor, plan: Plan, weights: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """out_n = sum over the pairs of token n of weight * ys: ys (M, O), weights (N, K) -> (N, O)."""
+def combine(ys, plan: Plan, weights: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """out_n = sum over the pairs of token n of weight * y: ys (M, O) in the plan's order, or the
+    list of the E experts' blocks (M_e, O); weights (N, K) -> (N, O). The sums are ``index_add_``
+    in place on fresh zeros (on the CPU the out-of-place ``index_add`` is several times slower)."""
     w = weights.reshape(-1).index_select(0, plan.slot)[:, None]
-    return ys.new_zeros(n_tokens, ys.shape[1]).index_add(0, plan.token, ys * w)
+    if torch.is_tensor(ys):
+        return ys.new_zeros(n_tokens, ys.shape[1]).index_add_(0, plan.token, ys * w)
+    counts = [len(y) for y in ys]
+    out = ys[0].new_zeros(n_tokens, ys[0].shape[1])
+    for y, token, w_e in zip(ys, plan.token.split(counts), w.split(counts)):
+        out.index_add_(0, token, y * w_e)
+    return out
 
 
 def sort_based(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Tensor,
@@ -172,7 +182,7 @@ def sort_based(experts, x: torch.Tensor, chosen: torch.Tensor, weights: torch.Te
     """Sort, permute, compute, combine (no padding, nothing dropped but ``kept``): x (N, D) -> (N, O)."""
     _check(experts, x, chosen, weights, kept)
     plan = sort(chosen, experts.n_experts, kept)
-    ys = compute(experts, permute(_standardised(experts, x), plan), plan.counts)
+    ys = compute(experts, permute(_standardised(experts, x), plan), plan.counts, cat=False)
     return combine(ys, plan, weights, x.shape[0])
 
 

@@ -206,3 +206,15 @@ def test_experts_that_standardise_their_inputs_dispatch_the_same():
     want = dispatch.dense(experts, x, chosen, weights)
     for name, fn in DISPATCHES.items():
         torch.testing.assert_close(fn(experts, x, chosen, weights), want, msg=name)
+
+
+def test_the_steps_compose_with_or_without_concatenating_the_blocks():
+    experts = experts_of(True, 4)
+    x, chosen, weights = routed_case(25, 4, 2, seed=10, skewed=True)
+    plan = dispatch.sort(chosen, 4)
+    xs = dispatch.permute(x, plan)
+    joined = dispatch.combine(dispatch.compute(experts, xs, plan.counts), plan, weights, 25)
+    blocks = dispatch.compute(experts, xs, plan.counts, cat=False)
+    assert [len(b) for b in blocks] == plan.counts.tolist() and plan.counts[-1] == 0
+    torch.testing.assert_close(dispatch.combine(blocks, plan, weights, 25), joined)
+    torch.testing.assert_close(joined, dispatch.dense(experts, x, chosen, weights))
