@@ -12,6 +12,7 @@ Shape letters (one glossary for every docstring and for the book's notation page
     H   hidden units of a small network
     C   classes, or an expert's capacity in a sparse layer
     K   experts chosen per sample (top-k routing)
+    M   routed (token, expert) pairs in a sparse layer (N K, fewer when some are dropped)
     S   posterior samples
     R   ranks (processes) under expert parallelism
     P   parameters of a router, flattened
@@ -26,6 +27,10 @@ Modules:
     routing      router networks (logits) and routing rules (a ``Routing`` tuple)
     likelihoods  Gaussian and Categorical heads, with their closed-form M-steps
     moe          MixtureOfExperts: the one model EM fills and gradient training trains
+    topk         sparse routing rules: top-k, Switch, noisy top-k, DeepSeek-V3, expert choice
+    balance      the auxiliary losses of sparse routing: load balance, CV^2, router z-loss
+    dispatch     tokens to experts and back: dense reference, capacity-padded, sort-based
+    sparse       SparseMoE: the sparse layer (x (N, D) -> (N, D)); E = 1 is a dense FFN
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
@@ -38,8 +43,8 @@ Modules:
 
 import importlib
 
-from . import (bayes, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime,
-               solvers, train)
+from . import (balance, bayes, data, data2d, dispatch, em, estimators, experts, likelihoods, metrics, mixture, moe,
+               routing, runtime, solvers, sparse, topk, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -47,13 +52,15 @@ from .mixture import competitive_loss, cooperative_loss
 from .moe import MixtureOfExperts
 from .routing import Routing
 from .runtime import device, seed
+from .sparse import SparseMoE
 
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "bayes", "competitive_loss", "cooperative_loss", "data", "data2d", "device", "em",
-           "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing", "runtime",
-           "scores", "seed", "solvers", "train"]
+           "Routing", "Scores", "SparseMoE", "balance", "bayes", "competitive_loss", "cooperative_loss",
+           "data", "data2d", "device", "dispatch", "em", "estimators", "experts", "likelihoods", "metrics",
+           "mixture", "moe", "plots", "routing", "runtime", "scores", "seed", "solvers", "sparse", "topk",
+           "train"]
 
 
 def __getattr__(name: str):
