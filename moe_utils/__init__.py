@@ -30,6 +30,9 @@ Modules:
     balance      the auxiliary losses of sparse routing: load balance, CV^2, router z-loss
     dispatch     tokens to experts and back: dense reference, capacity-padded, sort-based
     sparse       SparseMoE: the sparse layer (x (N, D) -> (N, D)); E = 1 is a dense FFN
+    parallel     torch.distributed exchanges (counts, an all-to-all with autograd) and R local workers
+    expert_parallel  the sparse layer on R ranks (E / R experts each); workers, a torchrun entry point
+    communication  bytes and time of the exchanges: counted, expected, alpha-beta model
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
@@ -44,6 +47,7 @@ import importlib
 
 from . import data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
 from . import balance, dispatch, sparse, topk
+from . import communication, expert_parallel, parallel
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -56,9 +60,10 @@ from .sparse import SparseMoE
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "SparseMoE", "balance", "competitive_loss", "cooperative_loss", "data", "data2d",
-           "device", "dispatch", "em", "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots",
-           "routing", "runtime", "scores", "seed", "solvers", "sparse", "topk", "train"]
+           "Routing", "Scores", "SparseMoE", "balance", "communication", "competitive_loss", "cooperative_loss", "data",
+           "data2d", "device", "dispatch", "em", "estimators", "expert_parallel", "experts", "likelihoods", "metrics",
+           "mixture", "moe", "parallel", "plots", "routing", "runtime", "scores", "seed", "solvers", "sparse", "topk",
+           "train"]
 
 
 def __getattr__(name: str):

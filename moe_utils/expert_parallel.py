@@ -53,7 +53,8 @@ class ExpertParallel(nn.Module):
     """One rank's share of a ``SparseMoE``: the replicated router, rule and shared experts, and
     its E / R local experts (copied from ``layer`` at construction). forward: x (N_r, D) ->
     ``SparseOutput``; the routing's ``aux`` gains ``sent_rows`` (rows this rank sent to other
-    ranks, both exchanges) and ``seconds`` ({"exchange": ..., "compute": ...}) of this pass."""
+    ranks, both exchanges), ``counts`` (E,) (the routed rows it sent to each expert, its own
+    included; padding excluded) and ``seconds`` ({"exchange": ..., "compute": ...}) of this pass."""
 
     def __init__(self, layer: SparseMoE, group=None, padded: bool = False):
         super().__init__()
@@ -71,14 +72,19 @@ class ExpertParallel(nn.Module):
         seconds = {"exchange": 0.0, "compute": 0.0}
         kept = routing.aux.get("kept")
         exchange = self._padded if self.padded else self._sorted
-        out, sent = exchange(self.experts.standardise(x), routing, kept, seconds)
+        out, sent, counts = exchange(self.experts.standardise(x), routing, kept, seconds)
         if self.shared is not None:
             out = out + self.shared(x).sum(1)
-        return SparseOutput(out, routing._replace(aux={**routing.aux, "sent_rows": sent, "seconds": seconds}))
+        aux = {**routing.aux, "sent_rows": sent, "counts": counts, "seconds": seconds}
+        return SparseOutput(out, routing._replace(aux=aux))
 
     def _timed(self, seconds: dict, key: str, fn, *args):
+        if torch.cuda.is_initialized():  # CUDA kernels and NCCL calls return before they finish
+            torch.cuda.synchronize()
         start = time.perf_counter()
         result = fn(*args)
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
         seconds[key] += time.perf_counter() - start
         return result
 
@@ -98,7 +104,7 @@ class ExpertParallel(nn.Module):
         ys = ys.index_select(0, torch.argsort(order))                            # back to source order
         back = self._timed(seconds, "exchange", all_to_all, ys, recv, send, self.group)
         sent = 2 * (sum(send) - send[self.rank])
-        return dispatch.combine(back, plan, routing.weights, z.shape[0]), sent
+        return dispatch.combine(back, plan, routing.weights, z.shape[0]), sent, plan.counts
 
     def _padded(self, z, routing, kept, seconds):
         """Equal exchanges: C rows per expert from every rank (GShard), zeros where unused."""
@@ -123,7 +129,7 @@ class ExpertParallel(nn.Module):
         back = self._timed(seconds, "exchange", all_to_all, ys, size, size, self.group)
         back = back.view(self.n_experts, c_max, -1)[expert, row] * routing.weights[keep][:, None]
         out = back.new_zeros(n, back.shape[1]).index_add(0, token, back)
-        return out, 2 * size[0] * (world - 1)
+        return out, 2 * size[0] * (world - 1), torch.bincount(expert, minlength=self.n_experts)
 
 
 def sync_replicated_grads(model: ExpertParallel) -> None:
@@ -165,31 +171,38 @@ def _loss(out: torch.Tensor, target: torch.Tensor, n_total: int) -> torch.Tensor
 def run(rank: int, world_size: int, config: dict) -> dict:
     """A worker (``parallel.run_local`` or torchrun): forward, backward and ``steps`` Adam steps of
     the expert-parallel layer on this rank's tokens. Returns the first pass's output (N_r, D), the
-    gradients of the local experts and of the router, the rows sent, the seconds spent, the loss
-    curve (summed over the ranks) and the local experts' parameters after training."""
+    gradients of the local experts and of the router, the rows sent, the routed rows per expert
+    (``counts``) and the load shares, the seconds spent in the first pass and in each training
+    step's forward pass, the loss curve (summed over the ranks) and the local experts' parameters
+    after training."""
     c = {**CONFIG, **config}
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     layer, x, target = build(c)
-    idx = shard(len(x), rank, world_size)
+    layer, x, target = layer.to(device), x.to(device), target.to(device)
+    idx = shard(len(x), rank, world_size).to(device)
     model = ExpertParallel(layer, padded=c["padded"])
     first = model(x[idx])
     _loss(first.out, target[idx], len(x)).backward()
     sync_replicated_grads(model)
-    result = {"out": first.out.detach(), "sent_rows": first.routing.aux["sent_rows"],
-              "seconds": first.routing.aux["seconds"], "counts": first.routing.aux["load"],
-              "expert_grads": {n: p.grad.clone() for n, p in model.experts.named_parameters()},
-              "router_grads": {n: p.grad.clone() for n, p in model.router.named_parameters()}}
-    opt, losses = torch.optim.Adam(model.parameters(), lr=c["lr"]), []
+    result = {"out": first.out.detach().cpu(), "sent_rows": first.routing.aux["sent_rows"],
+              "seconds": first.routing.aux["seconds"], "counts": first.routing.aux["counts"].cpu(),
+              "load": first.routing.aux["load"].cpu(),
+              "expert_grads": {n: p.grad.detach().clone().cpu() for n, p in model.experts.named_parameters()},
+              "router_grads": {n: p.grad.detach().clone().cpu() for n, p in model.router.named_parameters()}}
+    opt, losses, seconds = torch.optim.Adam(model.parameters(), lr=c["lr"]), [], []
     for _ in range(c["steps"]):
         opt.zero_grad()
-        loss = _loss(model(x[idx]).out, target[idx], len(x))
+        step = model(x[idx])
+        loss = _loss(step.out, target[idx], len(x))
         loss.backward()
         sync_replicated_grads(model)
         opt.step()
         total = loss.detach().clone()
         dist.all_reduce(total)
         losses.append(total.item())
-    result["losses"] = losses
-    result["experts"] = {n: p.detach().clone() for n, p in model.experts.named_parameters()}
+        seconds.append(step.routing.aux["seconds"])
+    result["losses"], result["step_seconds"] = losses, seconds
+    result["experts"] = {n: p.detach().cpu() for n, p in model.experts.named_parameters()}
     return result
 
 
