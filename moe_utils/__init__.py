@@ -41,13 +41,17 @@ Modules:
     runtime      ``device("auto")``, ``seed``, ``precise_dtype``
     plots        plotting setup and the course's figures (imported on first use: a worker
                  process that never draws never loads plotly or matplotlib)
+
+``plots``, ``expert_parallel`` and ``communication`` are imported on first use (``mu.plots``...):
+``python -m moe_utils.expert_parallel`` (the torchrun entry point) must not find its own module
+already imported by the package.
 """
 
 import importlib
 
 from . import data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing, runtime, solvers, train
 from . import balance, dispatch, sparse, topk
-from . import communication, expert_parallel, parallel
+from . import parallel
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -66,7 +70,10 @@ __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "
            "train"]
 
 
+_LAZY = ("plots", "expert_parallel", "communication")
+
+
 def __getattr__(name: str):
-    if name == "plots":  # lazily: plotly and matplotlib take a second to import
-        return importlib.import_module(".plots", __name__)
+    if name in _LAZY:  # plotly and matplotlib take a second to import; see the docstring for the others
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

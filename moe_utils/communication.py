@@ -28,7 +28,6 @@ NVLink inside a node, a network between nodes, sent directly or hierarchically.
 """
 
 import math
-import statistics
 import time
 from typing import NamedTuple
 
@@ -141,8 +140,9 @@ def fit_alpha_beta(messages, n_bytes, seconds) -> AlphaBeta:
 
 def time_all_to_all(sizes, repeats: int = 5, group=None) -> list[float]:
     """Inside a process group: the seconds of one all_to_all_single in which every rank sends
-    ``sizes[i]`` bytes (float32) to every rank, for each i: the median of ``repeats`` calls after one
-    warm-up, the largest over the ranks (an all-to-all ends when its slowest rank does)."""
+    ``sizes[i]`` bytes (float32) to every rank, for each i: the fastest of ``repeats`` calls after
+    one warm-up (the least disturbed by other processes, as ``timeit`` does), the largest over the
+    ranks (an all-to-all ends when its slowest rank does)."""
     repeats = checks.positive_int("repeats", repeats)
     world, cuda = dist.get_world_size(group), dist.get_backend(group) == "nccl"
     device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
@@ -158,7 +158,7 @@ def time_all_to_all(sizes, repeats: int = 5, group=None) -> list[float]:
             if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
-        worst = torch.tensor([statistics.median(times[1:])], dtype=torch.float64, device=device)
+        worst = torch.tensor([min(times[1:])], dtype=torch.float64, device=device)
         dist.all_reduce(worst, dist.ReduceOp.MAX, group=group)
         out.append(float(worst))
     return out

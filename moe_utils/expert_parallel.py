@@ -24,6 +24,7 @@ router's gradients are summed over the ranks by ``sync_replicated_grads``.
 """
 
 import datetime
+import os
 import sys
 import time
 
@@ -252,6 +253,8 @@ def main() -> int:
     """``torchrun --nproc-per-node R -m moe_utils.expert_parallel``: every rank runs ``run`` and the
     single-process reference, and rank 0 prints the largest differences (exit code 1 if above 1e-5)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":  # one GPU per process: torchrun says which in LOCAL_RANK
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dist.init_process_group(parallel.backend(device), timeout=datetime.timedelta(seconds=120))
     rank, world_size = dist.get_rank(), dist.get_world_size()
     config = {"steps": 5}
