@@ -31,6 +31,9 @@ Modules:
     balance      the auxiliary losses of sparse routing: load balance, CV^2, router z-loss
     dispatch     tokens to experts and back: dense reference, capacity-padded, sort-based
     sparse       SparseMoE: the sparse layer (x (N, D) -> (N, D)); E = 1 is a dense FFN
+    parallel     torch.distributed exchanges (counts, an all-to-all with autograd) and R local workers
+    expert_parallel  the sparse layer on R ranks (E / R experts each); workers, a torchrun entry point
+    communication  bytes and time of the exchanges: counted, expected, alpha-beta model
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
@@ -39,12 +42,16 @@ Modules:
     runtime      ``device("auto")``, ``seed``, ``precise_dtype``
     plots        plotting setup and the course's figures (imported on first use: a worker
                  process that never draws never loads plotly or matplotlib)
+
+``plots``, ``expert_parallel`` and ``communication`` are imported on first use (``mu.plots``...):
+``python -m moe_utils.expert_parallel`` (the torchrun entry point) must not find its own module
+already imported by the package.
 """
 
 import importlib
 
 from . import (balance, bayes, data, data2d, dispatch, em, estimators, experts, likelihoods, metrics, mixture, moe,
-               routing, runtime, solvers, sparse, topk, train)
+               parallel, routing, runtime, solvers, sparse, topk, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -57,13 +64,16 @@ from .sparse import SparseMoE
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "SparseMoE", "balance", "bayes", "competitive_loss", "cooperative_loss",
-           "data", "data2d", "device", "dispatch", "em", "estimators", "experts", "likelihoods", "metrics",
-           "mixture", "moe", "plots", "routing", "runtime", "scores", "seed", "solvers", "sparse", "topk",
-           "train"]
+           "Routing", "Scores", "SparseMoE", "balance", "bayes", "communication", "competitive_loss",
+           "cooperative_loss", "data", "data2d", "device", "dispatch", "em", "estimators", "expert_parallel",
+           "experts", "likelihoods", "metrics", "mixture", "moe", "parallel", "plots", "routing", "runtime",
+           "scores", "seed", "solvers", "sparse", "topk", "train"]
+
+
+_LAZY = ("plots", "expert_parallel", "communication")
 
 
 def __getattr__(name: str):
-    if name == "plots":  # lazily: plotly and matplotlib take a second to import
-        return importlib.import_module(".plots", __name__)
+    if name in _LAZY:  # plotly and matplotlib take a second to import; see the docstring for the others
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ same exchange with the send and receive sizes swapped).
 ``run_local(fn, R, ...)`` starts R worker processes on this machine (gloo over 127.0.0.1, or NCCL
 with one GPU per rank), runs ``fn(rank, world_size, ...)`` in each and returns their results: the
 way a notebook, whose own functions spawned workers cannot import, runs a distributed function
-that lives in a module. ``python -m moe_utils.parallel`` is the ``torchrun`` entry point.
+that lives in a module. ``python -m moe_utils.expert_parallel`` is a ``torchrun`` entry point.
 This module never imports plotting (a worker stays light).
 
 >>> import torch, moe_utils as mu
@@ -127,6 +127,19 @@ def _worker(rank, world_size, port, device, timeout, fn, args, queue) -> None:
             dist.destroy_process_group()
 
 
+def _context(fn):
+    """Where the workers come from. A "forkserver" (Linux, macOS) imports torch and ``fn``'s module
+    once, on the first call, and forks every later worker from that warm process: a worker then
+    starts in milliseconds instead of the seconds a fresh interpreter needs to import torch. The
+    workers are still new processes that never saw the caller's ``__main__``. Elsewhere: "spawn"."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    # read once, when the server starts; torch._dynamo is what a first optimiser step imports (seconds)
+    ctx.set_forkserver_preload(["torch", "torch._dynamo", fn.__module__])
+    return ctx
+
+
 def run_local(fn, world_size: int, *args, device: str = "cpu", timeout: float = 120.0) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes; return the R results.
 
@@ -136,10 +149,10 @@ def run_local(fn, world_size: int, *args, device: str = "cpu", timeout: float = 
     stopped and reported, so nothing hangs.
     """
     world_size = checks.positive_int("world_size", world_size)
-    if getattr(fn, "__module__", "__main__") == "__main__" or "<locals>" in getattr(fn, "__qualname__", ""):
+    if getattr(fn, "__module__", None) in (None, "__main__") or "<locals>" in getattr(fn, "__qualname__", ""):
         raise ValueError("fn must be a module-level function of an importable module: spawned workers cannot "
                          "import a function defined in a notebook, a script's __main__ or another function")
-    ctx = mp.get_context("spawn")
+    ctx = _context(fn)
     queue, port = ctx.SimpleQueue(), _free_port()
     procs = [ctx.Process(target=_worker, args=(r, world_size, port, device, timeout, fn, args, queue), daemon=True)
              for r in range(world_size)]

@@ -61,3 +61,53 @@ def test_functions_of_a_notebook_are_refused_and_no_group_is_a_clear_error():
         parallel.run_local(local, 2)
     with pytest.raises(RuntimeError, match="no process group"):
         parallel.exchange_counts(torch.zeros(2, 1, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------- the expert-parallel layer
+RUNS = {
+    "2 ranks": (2, {"steps": 3}),
+    "4 ranks, uneven shards": (4, {"n_tokens": 90, "steps": 3}),
+    "4 ranks, a rank without tokens": (4, {"n_tokens": 3}),
+    "2 ranks, capacity drops": (2, {"capacity_factor": 0.5}),
+    "2 ranks, padded": (2, {"padded": True, "steps": 2}),
+    "2 ranks, padded with drops": (2, {"padded": True, "capacity_factor": 0.5}),
+}
+
+
+@pytest.mark.parametrize("world_size, config", RUNS.values(), ids=RUNS.keys())
+def test_expert_parallel_equals_the_single_process_layer(world_size, config):
+    from moe_utils import expert_parallel as ep
+    results = parallel.run_local(ep.run, world_size, config)
+    single = ep.reference(config, world_size)
+    diff = ep.max_difference(results, single)
+    assert max(diff.values()) < 1e-5, diff
+    if config.get("capacity_factor"):  # the same assignments were dropped: outputs of dropped tokens are 0
+        assert (single["out"].abs().sum(1) == 0).any()
+    sent = [r["sent_rows"] for r in results]
+    if config.get("padded"):
+        assert len(set(sent)) == 1  # static shapes: every rank sends the same number of rows
+    assert all(isinstance(s, int) and s >= 0 for s in sent)
+
+
+def _too_many_ranks(rank, world_size):
+    from moe_utils import expert_parallel as ep
+    return ep.run(rank, world_size, {"n_experts": 6})
+
+
+def test_experts_must_divide_among_the_ranks():
+    with pytest.raises(RuntimeError, match=r"n_experts \(6\) must be divisible by the number of ranks \(4\)"):
+        parallel.run_local(_too_many_ranks, 4)
+    from moe_utils import expert_parallel as ep
+    with pytest.raises(RuntimeError, match="no process group"):
+        ep.ExpertParallel(mu.SparseMoE(4, 8, 4))
+
+
+def test_torchrun_entry_point():
+    import subprocess
+    import sys
+    from pathlib import Path
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(parallel._free_port()),
+                           "-m", "moe_utils.expert_parallel"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "expert parallelism on 2 ranks (gloo)" in proc.stdout and "output" in proc.stdout
