@@ -7,7 +7,7 @@ CHAPTERS := $(sort $(wildcard chapters/*.ipynb))
 # Kernels and scripts started by jupyter and papermill must find the venv's python first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: book test execute html sync bench clean
+.PHONY: book test execute html sync bench assignments clean
 
 book: execute html  ## set up, execute every chapter with papermill, build the HTML book
 	@echo
@@ -33,6 +33,9 @@ execute: sync  ## re-execute every chapter in place, on the CPU, with default pa
 
 html: $(STAMP)  ## build the HTML book from the executed chapters; warnings are errors
 	$(BIN)/jupyter-book build . -W -n --keep-going
+
+assignments: $(STAMP)  ## build student and autograder versions of every assignment (otter-grader) in _build/assignments
+	$(BIN)/python book/assignments.py
 
 bench: $(STAMP)  ## print the benchmarks (side by side, one run; not timed tests)
 	$(BIN)/python -m tests.benchmarks

@@ -12,6 +12,7 @@ Shape letters (one glossary for every docstring and for the book's notation page
     H   hidden units of a small network
     C   classes, or an expert's capacity in a sparse layer
     K   experts chosen per sample (top-k routing)
+    M   routed (token, expert) pairs in a sparse layer (N K, fewer when some are dropped)
     S   posterior samples
     R   ranks (processes) under expert parallelism
     P   parameters of a router, flattened
@@ -20,6 +21,7 @@ Shape letters (one glossary for every docstring and for the book's notation page
     M   models trained at once in one stack
 
 Modules:
+    bayes        Bayesian MoE: parameter groups bound by name, the ELBO, NUTS reference, bands
     data         1-D regression data sets and their best achievable test scores
     data2d       2-D data sets (the classification blobs, the curves) and their best values
     mixture      mixtures in log space: densities, E-step, mixture likelihood, blend, losses
@@ -27,6 +29,13 @@ Modules:
     routing      router networks (logits) and routing rules (a ``Routing`` tuple)
     likelihoods  Gaussian and Categorical heads, with their closed-form M-steps
     moe          MixtureOfExperts: the one model EM fills and gradient training trains
+    topk         sparse routing rules: top-k, Switch, noisy top-k, DeepSeek-V3, expert choice
+    balance      the auxiliary losses of sparse routing: load balance, CV^2, router z-loss
+    dispatch     tokens to experts and back: dense reference, capacity-padded, sort-based
+    sparse       SparseMoE: the sparse layer (x (N, D) -> (N, D)); E = 1 is a dense FFN
+    parallel     torch.distributed exchanges (counts, an all-to-all with autograd) and R local workers
+    expert_parallel  the sparse layer on R ranks (E / R experts each); workers, a torchrun entry point
+    communication  bytes and time of the exchanges: counted, expected, alpha-beta model
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
@@ -38,12 +47,16 @@ Modules:
     runtime      ``device("auto")``, ``seed``, ``precise_dtype``
     plots        plotting setup and the course's figures (imported on first use: a worker
                  process that never draws never loads plotly or matplotlib)
+
+``plots``, ``expert_parallel`` and ``communication`` are imported on first use (``mu.plots``...):
+``python -m moe_utils.expert_parallel`` (the torchrun entry point) must not find its own module
+already imported by the package.
 """
 
 import importlib
 
-from . import (autoencoder, charts, data, data2d, em, estimators, experts, likelihoods, metrics, mixture, moe, routing,
-               runtime, solvers, stack, train)
+from . import (autoencoder, balance, bayes, charts, data, data2d, dispatch, em, estimators, experts, likelihoods,
+               metrics, mixture, moe, parallel, routing, runtime, solvers, sparse, stack, topk, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -51,16 +64,21 @@ from .mixture import competitive_loss, cooperative_loss
 from .moe import MixtureOfExperts
 from .routing import Routing
 from .runtime import device, seed
+from .sparse import SparseMoE
 
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "autoencoder", "charts", "competitive_loss", "cooperative_loss", "data", "data2d",
-           "device", "em", "estimators", "experts", "likelihoods", "metrics", "mixture", "moe", "plots", "routing",
-           "runtime", "scores", "seed", "solvers", "stack", "train"]
+           "Routing", "Scores", "SparseMoE", "autoencoder", "balance", "bayes", "charts", "communication",
+           "competitive_loss", "cooperative_loss", "data", "data2d", "device", "dispatch", "em", "estimators",
+           "expert_parallel", "experts", "likelihoods", "metrics", "mixture", "moe", "parallel", "plots", "routing",
+           "runtime", "scores", "seed", "solvers", "sparse", "stack", "topk", "train"]
+
+
+_LAZY = ("plots", "expert_parallel", "communication")
 
 
 def __getattr__(name: str):
-    if name == "plots":  # lazily: plotly and matplotlib take a second to import
-        return importlib.import_module(".plots", __name__)
+    if name in _LAZY:  # plotly and matplotlib take a second to import; see the docstring for the others
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -163,7 +163,7 @@ ROUND_OFF = 1000  # a drop of the objective up to ROUND_OFF * eps * max(1, |obje
 
 def iterate(step: Callable[[object], tuple[object, float]], state, max_iter: int, tol: float,
             eps: float = torch.finfo(torch.float32).eps) -> Run:
-    """Apply ``step(state) -> (state, objective)`` until the objective gains less than ``tol``.
+    """Apply ``step(state) -> (state, objective)`` until the objective gains at most ``tol``.
 
     An EM step never decreases the objective, so a drop larger than round-off (``ROUND_OFF * eps``
     times max(1, |objective|); ``eps`` is the machine epsilon of the dtype the objective is
@@ -181,7 +181,7 @@ def iterate(step: Callable[[object], tuple[object, float]], state, max_iter: int
             round_off = ROUND_OFF * eps * max(1.0, abs(history[-1]), abs(history[-2]))
             if gain < -round_off:
                 drops.append((-gain, len(history), round_off))
-            elif gain < tol:
+            elif gain <= tol:  # tol = 0: stop when the objective no longer moves
                 converged = True
                 break
     if drops:

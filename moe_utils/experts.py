@@ -70,6 +70,29 @@ class Experts(Scaled):
         """The features (N, F) the outputs are linear in, or None (no closed-form M-step)."""
         return None
 
+    def blocks(self, zs) -> list[torch.Tensor]:
+        """Expert e on its own block of standardised inputs, for every e: zs[e] (N_e, D) -> (N_e, O).
+
+        The sort-based dispatch of a sparse layer (chapter 7) groups the tokens by expert and calls
+        this once on the E contiguous blocks. The stacked weights are cut into experts once
+        (``split``), never as ``w[e]`` in a loop: the backward of each ``w[e]`` writes a full-size
+        (E, ...) zero gradient, so a loop of them costs E^2.
+        """
+        zs = self._check_blocks(zs)
+        names, tensors = zip(*self.params().items())
+        per_expert = [dict(zip(names, values)) for values in zip(*(t.split(1) for t in tensors))]
+        return [self.function(p, z)[:, 0] for p, z in zip(per_expert, zs)]
+
+    def _check_blocks(self, zs) -> list[torch.Tensor]:
+        zs = list(zs)
+        if len(zs) != self.n_experts:
+            raise ValueError(f"blocks needs one block per expert ({self.n_experts}), got {len(zs)}")
+        for z in zs:
+            if not torch.is_tensor(z) or z.ndim != 2 or z.shape[1] != self.n_inputs:
+                raise ValueError(f"each block must have shape (N_e, {self.n_inputs}), got "
+                                 f"{tuple(z.shape) if torch.is_tensor(z) else type(z).__name__}")
+        return zs
+
     def select(self, index) -> "Experts":
         """A new module of the same family holding only the experts ``index`` (a slice, a list or
         a tensor of expert indices): the experts one rank holds under expert parallelism."""
@@ -170,7 +193,15 @@ class MLP(Experts):
     Plain: act(z W1 + b1) W2 + b2 with w1 (E, D, H), b1 (E, H), w2 (E, H, O), b2 (E, O).
     Gated (``gated=True``, SwiGLU): (silu(z W_gate) * (z W_up)) W_down with w_gate, w_up (E, D, H)
     and w_down (E, H, O) (O = D inside a transformer block), no biases, as in Mixtral and DeepSeek.
-    Inputs are x (N, D), shared by every expert, or x (N, E, D), one row per expert.
+    Inputs are x (N, D), shared by every expert, or x (N, E, D), one row per expert; ``blocks``
+    runs expert e on its own rows only (a sparse layer's dispatch), one matrix product per layer.
+
+    >>> import torch, moe_utils as mu
+    >>> ffn = mu.experts.MLP(n_inputs=4, n_hidden=8, n_outputs=4, n_experts=3, gated=True)
+    >>> ffn.w_gate.shape, ffn.w_up.shape, ffn.w_down.shape           # (E, D, H), (E, D, H), (E, H, O)
+    (torch.Size([3, 4, 8]), torch.Size([3, 4, 8]), torch.Size([3, 8, 4]))
+    >>> [y.shape[0] for y in ffn.blocks([torch.randn(n, 4) for n in (2, 0, 5)])]
+    [2, 0, 5]
     """
 
     def __init__(self, n_inputs: int, n_hidden: int, n_outputs: int, n_experts: int, activation: str = "tanh",
@@ -200,3 +231,15 @@ class MLP(Experts):
         act = ACTIVATIONS[self.activation]
         hidden = act(torch.einsum(spec, z, params["w1"]) + params["b1"].unsqueeze(-3))  # (..., N, E, H)
         return torch.einsum("...neh,...eho->...neo", hidden, params["w2"]) + params["b2"].unsqueeze(-3)
+
+    def blocks(self, zs) -> list[torch.Tensor]:
+        """Expert e on its block zs[e] (N_e, D) -> (N_e, O), for every e: plain matrix products
+        with the weights cut once (``unbind``); see ``Experts.blocks``."""
+        zs = self._check_blocks(zs)
+        if self.gated:
+            silu = nn.functional.silu
+            return [(silu(z @ g) * (z @ u)) @ d
+                    for z, g, u, d in zip(zs, self.w_gate.unbind(), self.w_up.unbind(), self.w_down.unbind())]
+        act = ACTIVATIONS[self.activation]
+        layers = zip(self.w1.unbind(), self.b1.unbind(), self.w2.unbind(), self.b2.unbind())
+        return [torch.addmm(b2, act(torch.addmm(b1, z, w1)), w2) for z, (w1, b1, w2, b2) in zip(zs, layers)]

@@ -17,7 +17,7 @@ import torch
 from plotly.subplots import make_subplots
 
 __all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots",
-           "decision_figure", "reliability_figure"]
+           "decision_figure", "reliability_figure", "confidence_figure", "graphical_model"]
 
 # Expert e is drawn in COLORS[e % len(COLORS)] in every chapter (plotly's default sequence).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -230,4 +230,43 @@ def reliability_figure(curves: dict, title: str = "Reliability diagram") -> go.F
     fig.update_yaxes(type="log", title_text="samples", row=2, col=1)
     fig.update_xaxes(range=[0, 1], title_text="predicted p(class 1)", row=2, col=1)
     fig.update_layout(title=title, height=560, margin=dict(l=60, r=20, t=60, b=40), barmode="overlay")
+    return fig
+
+
+def confidence_figure(curves: dict, title: str = "Top-label reliability diagram") -> go.Figure:
+    """Top-label reliability diagrams (Guo et al., 2017): ``reliability_figure`` with the axes of
+    ``metrics.reliability``'s default, accuracy of the top class against its confidence
+    max_c p(c | x). ``curves`` maps a name to a ``metrics.Reliability``; the legend shows each ECE."""
+    fig = reliability_figure(curves, title)
+    fig.update_yaxes(title_text="accuracy of the top class", row=1, col=1)
+    fig.update_xaxes(title_text="confidence: max<sub>c</sub> p(c | x)", row=2, col=1)
+    return fig
+
+
+# ---------------------------------------------------------------------- the model as a graph (chapter 2)
+def graphical_model():
+    """The mixture of experts as a directed graphical model, a matplotlib figure: x_n -> z_n -> y_n
+    and x_n -> y_n inside a plate over the N samples; the gate's and the experts' parameters outside.
+    Observed nodes are shaded."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    for x0, label, observed in ((1.0, r"$x_n$", True), (2.6, r"$z_n$", False), (4.2, r"$y_n$", True)):
+        ax.add_patch(Circle((x0, 1.0), 0.38, facecolor="#d9d9d9" if observed else "white", edgecolor="black", lw=1.5))
+        ax.text(x0, 1.0, label, ha="center", va="center", fontsize=14)
+    for x0, label in ((2.6, r"gate $\theta$"), (4.2, r"$\mathbf{w}_e, b_e, \sigma_e^2$")):
+        ax.plot(x0, 2.45, "ko", ms=5)
+        ax.text(x0, 2.7, label, ha="center", va="bottom", fontsize=12)
+    arrow = dict(arrowstyle="-|>", mutation_scale=14, lw=1.3)
+    for start, end in (((1.38, 1.0), (2.22, 1.0)), ((2.98, 1.0), (3.82, 1.0)), ((2.6, 2.4), (2.6, 1.4)),
+                       ((4.2, 2.4), (4.2, 1.4))):
+        ax.add_patch(FancyArrowPatch(start, end, **arrow))
+    ax.add_patch(FancyArrowPatch((1.3, 1.3), (3.9, 1.3), connectionstyle="arc3,rad=-0.35", **arrow))
+    ax.add_patch(FancyBboxPatch((0.4, 0.35), 4.4, 1.55, boxstyle="round,pad=0.02", fill=False, lw=1))
+    ax.text(4.7, 0.45, r"$n = 1..N$", ha="right", fontsize=10)
+    ax.set_xlim(0.2, 5.0)
+    ax.set_ylim(0.2, 3.1)
+    ax.set_aspect("equal")
+    ax.axis("off")
     return fig

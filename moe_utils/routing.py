@@ -134,9 +134,11 @@ class Kernel(Router):
     """A localised router: logits_e = log a_e + log N(z; m_e, diag s_e^2), so that
     softmax(logits) is the posterior over experts of a Gaussian mixture model of the inputs.
 
-    log_weight (E,), mean (E, D), log_scale (E, D). Unlike a softmax gate it can hold a flat 50/50
-    plateau where two kernels overlap. Its EM M-step is closed form (weighted mean and variance of
-    the inputs); it maximises the joint likelihood p(x, y), which ``input_log_prob`` completes.
+    log_weight (E,), mean (E, D), log_scale (E, D). The log-ratio of two kernels is quadratic in z,
+    so where their widths differ the gate can rise and fall again, which a linear-softmax gate cannot;
+    with equal widths it is linear, a sigmoid like the softmax gate's. Its EM M-step is closed form
+    (weighted mean and variance of the inputs); it maximises the joint likelihood p(x, y), which
+    ``input_log_prob`` completes.
     ``min_scale`` (in standardised units) keeps a kernel from collapsing onto one input.
     """
 

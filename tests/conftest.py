@@ -13,6 +13,10 @@ import sync_links  # noqa: E402
 
 URL, BRANCH = sync_links.repository()  # the one place the repository URL lives: _config.yml
 
+# The unit tests work on small tensors, where a second intra-op thread only adds synchronisation
+# (and, on a machine other processes load, waits of tens of milliseconds per operation).
+torch.set_num_threads(1)
+
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 

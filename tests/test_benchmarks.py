@@ -16,3 +16,4 @@ def test_benchmarks_run_and_print_side_by_side_tables():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ratio gradient / closed form" in proc.stdout
     assert "Stacked experts vs a loop over experts on cpu" in proc.stdout
+    assert "Sparse dispatch on cpu, forward + backward" in proc.stdout and "The w[e] pitfall" in proc.stdout

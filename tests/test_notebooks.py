@@ -121,3 +121,14 @@ def test_exercises_have_solutions(chapter):
     solved = set(re.findall(r":::+\{solution(?:-start)?\} (\S+)", text))
     assert len(exercises) >= 3
     assert set(exercises) <= solved, f"exercises without a solution: {set(exercises) - solved}"
+
+
+def test_every_bibliography_entry_is_cited():
+    keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book" / "references.bib").read_text()))
+    pages = [ROOT / "book" / f for f in ("intro.md", "setup.md", "notation.md", "glossary.md", "instructors.md")]
+    text = "\n".join(p.read_text() for p in pages if p.exists())
+    text += "\n".join(c.source for path in CHAPTERS for c in nbformat.read(path, as_version=4).cells)
+    cited = {k.strip() for group in re.findall(r"\{cite[pt]?\}`([^`]+)`", text) for k in group.split(",")}
+    assert keys, "no entries in references.bib"
+    assert not keys - cited, f"entries never cited: {sorted(keys - cited)}"
+    assert not cited - keys, f"citations without an entry: {sorted(cited - keys)}"

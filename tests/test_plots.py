@@ -39,3 +39,22 @@ def test_decision_figure_refuses_more_than_two_classes():
         with pytest.raises(ValueError, match=r"models\['three'\]\.predict_proba must return \(G, 2\) probabilities "
                                              r"of 2 classes .*got \(400, 3\)"):
             mu.plots.decision_figure({"two": net, "three": model}, x, y, resolution=20)
+
+
+def test_confidence_figure_draws_top_label_reliability_with_its_ece():
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    rel = mu.metrics.reliability(probs, torch.tensor([0, 1, 1, 1]), n_bins=4)
+    fig = mu.plots.confidence_figure({"model": rel})
+    assert fig.layout.yaxis.title.text == "accuracy of the top class"
+    assert fig.layout.xaxis2.title.text.startswith("confidence")
+    assert f"ECE {rel.ece:.3f}" in fig.data[1].name
+
+
+def test_graphical_model_draws_three_nodes_two_shaded():
+    from matplotlib.patches import Circle
+
+    fig = mu.plots.graphical_model()
+    circles = [p for p in fig.axes[0].patches if isinstance(p, Circle)]
+    assert len(circles) == 3
+    assert sum(c.get_facecolor()[0] < 1 for c in circles) == 2  # x_n and y_n are observed
+    assert {t.get_text() for t in fig.axes[0].texts} >= {"$x_n$", "$z_n$", "$y_n$"}
