@@ -18,7 +18,7 @@ Shape letters (one glossary for every docstring and for the book's notation page
     P   parameters of a router, flattened
     G   grid or quadrature points
     B   data sets trained side by side (a stack of independent models, chapter 6)
-    M   models trained at once in one stack
+    J   models trained at once in one stack (jobs; chapter 6)
 
 Modules:
     bayes        Bayesian MoE: parameter groups bound by name, the ELBO, NUTS reference, bands

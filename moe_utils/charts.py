@@ -66,7 +66,8 @@ class LinearCharts:
         if start is None:
             start = em.init_responsibilities(x, x, self.n_experts, self.init, seed=self.seed)
         elif start.shape != (x.shape[0], self.n_experts):
-            raise ValueError(f"start must have shape (N, {self.n_experts}) for the N rows of x, got {tuple(start.shape)}")
+            raise ValueError(f"start must have shape (N, {self.n_experts}) for the N rows of x, "
+                             f"got {tuple(start.shape)}")
         resp = start.to(x)
 
         def step(resp):

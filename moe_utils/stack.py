@@ -7,7 +7,7 @@ few hundred tiny operations; stacked, every model's step is one pass over bigger
 - all the experts of all the models sit in one ``autoencoder.Autoencoders`` of T = sum_m E_m
   experts, each reading its own model's data set (per-expert inputs (N, T, D));
 - all the routers (localised, ``routing.Kernel``: a Gaussian bump per expert) sit in tensors of
-  T kernels; the softmax over each model's experts lays them out (M, E_max), the slots a model
+  T kernels; the softmax over each model's experts lays them out (J, E_max), the slots a model
   does not have at -inf, so that they get no weight and no gradient;
 - the loss is the sum of the models' losses, each model's gradient is its own, and Adam, which
   works element by element, trains each model exactly as it would alone.
@@ -16,8 +16,8 @@ few hundred tiny operations; stacked, every model's step is one pass over bigger
 ``data[m]`` of x (N, B, D) (points first, so that ``train.fit`` draws mini-batches of points);
 its loss is ``"competitive"`` (the mixture's negative log-likelihood,
 ``mixture.competitive_loss``) or ``"cooperative"`` (the squared error of the blend,
-``mixture.cooperative_loss``). ``stack(x)`` gives the M losses, ``stack.model(m)`` model m back
-as a ``MixtureOfExperts``. Shapes: N points per data set, B data sets, M models, T experts in all,
+``mixture.cooperative_loss``). ``stack(x)`` gives the J losses, ``stack.model(m)`` model m back
+as a ``MixtureOfExperts``. Shapes: N points per data set, B data sets, J models (jobs), T experts in all,
 E_max the most experts any model has.
 
 >>> import torch, moe_utils as mu
@@ -66,7 +66,7 @@ def _check_model(i: int, model, first) -> None:
 
 
 class Stack(nn.Module):
-    """M independent autoencoder mixtures in one set of tensors; ``forward(x)`` -> losses (M,)."""
+    """J independent autoencoder mixtures in one set of tensors; ``forward(x)`` -> losses (J,)."""
 
     def __init__(self, models: list[MixtureOfExperts], data: list[int], losses: str | list[str] = "competitive"):
         super().__init__()
@@ -93,13 +93,13 @@ class Stack(nn.Module):
         slots = torch.full((n, e_max), sum(sizes), dtype=torch.long)  # the last slot is an empty expert
         for m, (start, size) in enumerate(zip(self.offsets, sizes)):
             slots[m, :size] = torch.arange(start, start + size)
-        self.register_buffer("slots", slots)                                  # (M, E_max) -> expert
+        self.register_buffer("slots", slots)                                  # (J, E_max) -> expert
         self.register_buffer("place", (slots < sum(sizes)).flatten().nonzero()[:, 0])  # (T,) expert -> slot
         self.register_buffer("owner", torch.repeat_interleave(torch.arange(n), torch.tensor(sizes)))  # (T,)
-        self.register_buffer("data", torch.tensor(data))                     # (M,)
+        self.register_buffer("data", torch.tensor(data))                     # (J,)
         self.register_buffer("cooperative", torch.tensor([k == "cooperative" for k in losses]))
-        self.register_buffer("shift", torch.stack([m.experts.shift for m in models]))  # (M, D)
-        self.register_buffer("scale", torch.stack([m.experts.scale for m in models]))  # (M, D)
+        self.register_buffer("shift", torch.stack([m.experts.shift for m in models]))  # (J, D)
+        self.register_buffer("scale", torch.stack([m.experts.scale for m in models]))  # (J, D)
         self.to(first.likelihood.log_var)  # the models' dtype and device
         self._load(models)
 
@@ -112,34 +112,34 @@ class Stack(nn.Module):
                 getattr(self, name).copy_(torch.cat([getattr(m.router, name) for m in models]))
 
     def _pad(self, values: torch.Tensor, fill: float) -> torch.Tensor:
-        """Per-expert values (..., T) laid out per model, (..., M, E_max), the empty slots ``fill``."""
+        """Per-expert values (..., T) laid out per model, (..., J, E_max), the empty slots ``fill``."""
         return torch.cat([values, values.new_full(values.shape[:-1] + (1,), fill)], -1)[..., self.slots]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Each model's loss on its data set of x (N, B, D): (M,)."""
+        """Each model's loss on its data set of x (N, B, D): (J,)."""
         if not torch.is_tensor(x) or x.ndim != 3 or x.shape[2] != self.n_inputs:
             raise ValueError(f"x must have shape (N, B, {self.n_inputs}) (B data sets), got "
                              f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
         if x.shape[1] <= int(self.data.max()):
             raise ValueError(f"model data sets go up to {int(self.data.max())} but x holds {x.shape[1]}")
-        target = x[:, self.data]                                              # (N, M, D)
+        target = x[:, self.data]                                              # (N, J, D)
         shift, scale = self.shift[self.owner], self.scale[self.owner]         # (T, D) each
         z = (x[:, self.data[self.owner]] - shift) / scale                     # (N, T, D), each expert's data
         codes = self.experts.encoder.function(self.experts.encoder.params(), z)  # (N, T, 1)
         recon = self.experts.decoder.function(self.experts.decoder.params(), codes)  # (N, T, D), standardised
         sq = (((recon - z) * scale) ** 2).sum(-1)                             # (N, T), in the units of x
         log_n = -0.5 * (((z - self.mean) * torch.exp(-self.log_scale)) ** 2 + 2 * self.log_scale).sum(-1)
-        log_prior = torch.log_softmax(self._pad(self.log_weight, -math.inf), -1)  # (M, E_max)
-        log_gates = torch.log_softmax(self._pad(log_n, -math.inf) + log_prior, -1)  # (N, M, E_max)
-        log_var = self.log_var[:, None]                                       # (M, 1)
+        log_prior = torch.log_softmax(self._pad(self.log_weight, -math.inf), -1)  # (J, E_max)
+        log_gates = torch.log_softmax(self._pad(log_n, -math.inf) + log_prior, -1)  # (N, J, E_max)
+        log_var = self.log_var[:, None]                                       # (J, 1)
         log_lik = -0.5 * (self._pad(sq, 0.0) / log_var.exp() + self.n_inputs * (math.log(2 * math.pi) + log_var))
-        competitive = -torch.logsumexp(log_gates + log_lik, -1).mean(0)      # (M,)
+        competitive = -torch.logsumexp(log_gates + log_lik, -1).mean(0)      # (J,)
         if not self.cooperative.any():
             return competitive
         weights = log_gates.exp().flatten(1)[:, self.place]                   # (N, T)
         out = recon * scale + shift                                           # (N, T, D), in the units of x
-        blend = target.new_zeros(target.shape).index_add(1, self.owner, weights[..., None] * out)  # (N, M, D)
-        cooperative = ((blend - target) ** 2).mean((0, 2))                    # (M,)
+        blend = target.new_zeros(target.shape).index_add(1, self.owner, weights[..., None] * out)  # (N, J, D)
+        cooperative = ((blend - target) ** 2).mean((0, 2))                    # (J,)
         return torch.where(self.cooperative, cooperative, competitive)
 
     def model(self, m: int) -> MixtureOfExperts:
