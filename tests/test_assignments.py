@@ -115,6 +115,24 @@ def fit_posterior(x, y, steps=400, n_draws=8, seed=0):
         loss.backward()
         optimiser.step()
     return loc.detach(), log_sd.detach()'''),
+    ("07_topk_and_capacity", "q1_topk", "def top_k_routing(", '''def top_k_routing(logits, k):
+    top, chosen = torch.softmax(logits, -1).topk(k, dim=-1)
+    return chosen, top  # the top-k probabilities, not renormalised'''),
+    ("07_topk_and_capacity", "q2_capacity", "def kept_assignments(", '''def kept_assignments(chosen, n_experts, capacity_factor):
+    n, k = chosen.shape
+    capacity = max(1, min(n, math.ceil(capacity_factor * k * n / n_experts)))
+    seen = torch.zeros(n_experts, dtype=torch.long)
+    kept = torch.zeros(n, k, dtype=torch.bool)
+    for t in range(n):  # token by token: a token's second choice queues before the next token's first
+        for j in range(k):
+            e = chosen[t, j]
+            kept[t, j] = seen[e] < capacity
+            seen[e] += 1
+    return kept'''),
+    ("07_topk_and_capacity", "q3_balance", "def switch_balance(", '''def switch_balance(probs, chosen):
+    n_experts = probs.shape[-1]
+    f = torch.bincount(chosen.reshape(-1), minlength=n_experts).to(probs.dtype) / len(chosen)  # per token: k times too large
+    return n_experts * (f * probs.mean(0)).sum()'''),
 ]
 
 
