@@ -90,6 +90,49 @@ WRONG = [
     world = len(sends)
     blocks = [list(x.split(list(sizes[r]))) for r, x in enumerate(sends)]
     return [torch.cat([blocks[r][s] for s in range(world)]) for r in range(world)]  # its own blocks, not its mail'''),
+    ("05_elbo_with_noise", "q1_expected_log_lik", "def expected_log_lik(", '''def expected_log_lik(log_gates, means, log_var, y):
+    log_n = -0.5 * ((y[None, :, None] - means) ** 2 + math.log(2 * math.pi))  # the noise variance left out (sigma = 1)
+    return torch.logsumexp(log_gates + log_n, -1).sum(-1).mean()'''),
+    ("05_elbo_with_noise", "q2_gaussian_kl", "def gaussian_kl(", '''def gaussian_kl(loc, log_sd, prior_mean, prior_sd):
+    sd = log_sd.exp()  # KL(p || q): the direction reversed
+    return (torch.log(sd / prior_sd) + (prior_sd**2 + (loc - prior_mean) ** 2) / (2 * sd**2) - 0.5).sum()'''),
+    ("05_elbo_with_noise", "q3_elbo_fit", "def elbo(", '''def elbo(loc, log_sd, x, y, n_draws, generator):
+    theta = loc + log_sd.exp() * torch.randn(n_draws, 3, generator=generator, dtype=loc.dtype)
+    means = theta[:, :1] + theta[:, 1:2] * x
+    log_gates = torch.zeros(n_draws, len(x), 1, dtype=x.dtype)
+    fit = expected_log_lik(log_gates, means[..., None], torch.zeros(n_draws, dtype=x.dtype), y)  # sigma outside the likelihood
+    return fit - gaussian_kl(loc, log_sd, PRIOR_MEAN, PRIOR_SD)
+
+
+def fit_posterior(x, y, steps=400, n_draws=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    loc = PRIOR_MEAN.clone().requires_grad_()
+    log_sd = torch.full((3,), -3.0, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.Adam([loc, log_sd], lr=0.05)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        loss = -elbo(loc, log_sd, x, y, n_draws, generator) / len(x)
+        loss.backward()
+        optimiser.step()
+    return loc.detach(), log_sd.detach()'''),
+    ("07_topk_and_capacity", "q1_topk", "def top_k_routing(", '''def top_k_routing(logits, k):
+    top, chosen = torch.softmax(logits, -1).topk(k, dim=-1)
+    return chosen, top  # the top-k probabilities, not renormalised'''),
+    ("07_topk_and_capacity", "q2_capacity", "def kept_assignments(", '''def kept_assignments(chosen, n_experts, capacity_factor):
+    n, k = chosen.shape
+    capacity = max(1, min(n, math.ceil(capacity_factor * k * n / n_experts)))
+    seen = torch.zeros(n_experts, dtype=torch.long)
+    kept = torch.zeros(n, k, dtype=torch.bool)
+    for t in range(n):  # token by token: a token's second choice queues before the next token's first
+        for j in range(k):
+            e = chosen[t, j]
+            kept[t, j] = seen[e] < capacity
+            seen[e] += 1
+    return kept'''),
+    ("07_topk_and_capacity", "q3_balance", "def switch_balance(", '''def switch_balance(probs, chosen):
+    n_experts = probs.shape[-1]
+    f = torch.bincount(chosen.reshape(-1), minlength=n_experts).to(probs.dtype) / len(chosen)  # per token: k times too large
+    return n_experts * (f * probs.mean(0)).sum()'''),
 ]
 
 
