@@ -17,11 +17,13 @@ Shape letters (one glossary for every docstring and for the book's notation page
     R   ranks (processes) under expert parallelism
     P   parameters of a router, flattened
     G   grid or quadrature points
+    B   data sets trained side by side (a stack of independent models, chapter 6)
+    J   models trained at once in one stack (jobs; chapter 6)
 
 Modules:
     bayes        Bayesian MoE: parameter groups bound by name, the ELBO, NUTS reference, bands
     data         1-D regression data sets and their best achievable test scores
-    data2d       2-D data sets (the classification blobs) and their best values
+    data2d       2-D data sets (the classification blobs, the curves) and their best values
     mixture      mixtures in log space: densities, E-step, mixture likelihood, blend, losses
     experts      stacked experts (leading axis E): Linear, Legendre, MLP, with a functional call
     routing      router networks (logits) and routing rules (a ``Routing`` tuple)
@@ -37,6 +39,9 @@ Modules:
     solvers      weighted least squares, batched IRLS, Gauss-Newton for routers
     em           the EM skeleton: E-step, M-step, starts, fit with tolerance and warnings
     estimators   MixtureOfLinearExperts, MixtureOfLogisticExperts (scikit-learn style)
+    autoencoder  autoencoder experts, the mixture of them, the atlas it codes points with
+    stack        many independent autoencoder mixtures trained as one (stacked tensors)
+    charts       mixtures of linear charts (probabilistic PCA) fitted by EM in closed form
     train        one gradient training loop (full or mini-batch, early stopping, tqdm)
     metrics      MSE/NLL, accuracy/NLL/calibration
     runtime      ``device("auto")``, ``seed``, ``precise_dtype``
@@ -50,8 +55,8 @@ already imported by the package.
 
 import importlib
 
-from . import (balance, bayes, data, data2d, dispatch, em, estimators, experts, likelihoods, metrics, mixture, moe,
-               parallel, routing, runtime, solvers, sparse, topk, train)
+from . import (autoencoder, balance, bayes, charts, data, data2d, dispatch, em, estimators, experts, likelihoods,
+               metrics, mixture, moe, parallel, routing, runtime, solvers, sparse, stack, topk, train)
 from .em import ConvergenceWarning
 from .estimators import MixtureOfLinearExperts, MixtureOfLogisticExperts
 from .metrics import Scores, scores
@@ -64,10 +69,10 @@ from .sparse import SparseMoE
 __version__ = "0.1.0"
 
 __all__ = ["ConvergenceWarning", "MixtureOfExperts", "MixtureOfLinearExperts", "MixtureOfLogisticExperts",
-           "Routing", "Scores", "SparseMoE", "balance", "bayes", "communication", "competitive_loss",
-           "cooperative_loss", "data", "data2d", "device", "dispatch", "em", "estimators", "expert_parallel",
-           "experts", "likelihoods", "metrics", "mixture", "moe", "parallel", "plots", "routing", "runtime",
-           "scores", "seed", "solvers", "sparse", "topk", "train"]
+           "Routing", "Scores", "SparseMoE", "autoencoder", "balance", "bayes", "charts", "communication",
+           "competitive_loss", "cooperative_loss", "data", "data2d", "device", "dispatch", "em", "estimators",
+           "expert_parallel", "experts", "likelihoods", "metrics", "mixture", "moe", "parallel", "plots", "routing",
+           "runtime", "scores", "seed", "solvers", "sparse", "stack", "topk", "train"]
 
 
 _LAZY = ("plots", "expert_parallel", "communication")

@@ -58,7 +58,7 @@ def e_step(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, float
 
 
 def m_step(model, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, *, router_steps: int = 3,
-           expert_steps: int | None = None, gradient_steps: int = 0, lr: float = 0.01):
+           expert_steps: int | None = None, gradient_steps: int = 0, lr: float = 0.01, line_search: bool = False):
     """One M-step in place, from responsibilities resp (N, E); returns ``model``.
 
     The likelihood head fits the experts (``expert_steps`` Newton steps for a Categorical head,
@@ -66,27 +66,46 @@ def m_step(model, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, *, route
     where it has no closed form). Experts without a closed form (an MLP), or any experts when
     ``gradient_steps`` > 0, take that many Adam steps (learning rate ``lr``) on the expected
     complete-data log-likelihood instead: the slow way, which only approaches the M-step's optimum.
+    Adam's steps may overshoot and lower that objective; with ``line_search`` they are kept only
+    if it did not fall, else undone and retried at half the learning rate (up to 8 times, then the experts
+    stay as they were), so that the M-step never lowers it: a generalised EM step.
     This is also how gradient training starts where EM starts: one M-step from k-means clusters.
     """
     closed_form = gradient_steps <= 0
     if closed_form and model.experts.design(x) is None:
         raise ValueError("these experts have no closed-form M-step: pass gradient_steps > 0")
     if not closed_form:
-        _gradient_m_step(model, x, y, resp, gradient_steps, lr)
+        _gradient_m_step(model, x, y, resp, gradient_steps, lr, line_search)
     model.likelihood.m_step(model.experts, x, y, resp, steps=expert_steps, solve_experts=closed_form)
     model.router.m_step(x, resp, temperature=model.rule.temperature, steps=router_steps)
     return model
 
 
-def _gradient_m_step(model, x, y, resp, steps: int, lr: float) -> None:
-    """Adam on -(1/N) sum_n sum_e r_ne log p_e(y_n | x_n) - log prior / N, the experts only."""
-    opt = torch.optim.Adam(model.experts.parameters(), lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            opt.zero_grad()
-            q = (resp * model.likelihood.log_lik(model.experts(x), y)).sum() + model.likelihood.log_prior(model.experts)
-            (-q / x.shape[0]).backward()
-            opt.step()
+def _gradient_m_step(model, x, y, resp, steps: int, lr: float, line_search: bool = False) -> None:
+    """Adam on -(1/N) sum_n sum_e r_ne log p_e(y_n | x_n) - log prior / N, the experts only; with
+    ``line_search``, retried at half the learning rate until that objective does not rise."""
+    def objective():
+        q = (resp * model.likelihood.log_lik(model.experts(x), y)).sum() + model.likelihood.log_prior(model.experts)
+        return -q / x.shape[0]
+
+    params = list(model.experts.parameters())
+    with torch.no_grad():
+        start, before = [p.detach().clone() for p in params], objective().item() if line_search else None
+    for _ in range(8 if line_search else 1):
+        opt = torch.optim.Adam(params, lr=lr)
+        with torch.enable_grad():
+            for _ in range(steps):
+                opt.zero_grad()
+                objective().backward()
+                opt.step()
+        if not line_search:
+            return
+        with torch.no_grad():
+            if objective().item() <= before:
+                return
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        lr = lr / 2
 
 
 def init_responsibilities(x: torch.Tensor, y: torch.Tensor, n_experts: int, method: str = "kmeans",

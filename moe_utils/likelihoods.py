@@ -1,8 +1,9 @@
 """Likelihood heads: how an expert's output explains a target, and their M-steps.
 
 - ``Gaussian``: y | expert e ~ N(f_e(x), diag(var_e)), a learned noise variance per expert and
-  output, ``log_var`` (E, O). Its M-step is weighted least squares for experts that are linear in
-  their parameters, and the weighted residual variance for the noise.
+  output, ``log_var`` (E, O); or tied (``tied="outputs"``: var_e I, log_var (E, 1); ``tied="all"``:
+  one var I for every expert, log_var (1, 1)). Its M-step is weighted least squares for experts that
+  are linear in their parameters, and the weighted residual variance for the noise.
 - ``Categorical``: y | expert e ~ Categorical(softmax(f_e(x))), the experts' outputs being
   logits (E, C). Its M-step is IRLS, batched over experts, with a Gaussian prior ``l2``.
 
@@ -24,23 +25,35 @@ from torch import nn
 from . import _checks as checks
 from . import mixture, solvers
 
-__all__ = ["Categorical", "Gaussian"]
+__all__ = ["TIES", "Categorical", "Gaussian"]
+
+
+TIES = ("none", "outputs", "all")
 
 
 class Gaussian(nn.Module):
-    """Gaussian experts: log_var (E, O), each variance at least ``min_var`` after an M-step."""
+    """Gaussian experts: log_var (E, O), each variance at least ``min_var`` after an M-step.
 
-    def __init__(self, n_experts: int, n_outputs: int = 1, var: float = 1.0, min_var: float = 0.0):
+    ``tied`` shares the variance: ``"none"`` (the default) one per expert and output, (E, O);
+    ``"outputs"`` one per expert for all its outputs, var_e I, (E, 1) (an isotropic expert: an
+    autoencoder's error is a distance, whatever the axes); ``"all"`` one for every expert and
+    output, var I, (1, 1). ``var`` broadcasts to (E, O) wherever it is used.
+    """
+
+    def __init__(self, n_experts: int, n_outputs: int = 1, var: float = 1.0, min_var: float = 0.0,
+                 tied: str = "none"):
         super().__init__()
         self.n_experts = checks.positive_int("n_experts", n_experts)
         self.n_outputs = checks.positive_int("n_outputs", n_outputs)
         var = checks.finite_float("var", var, 0.0, low_open=True)
         self.min_var = checks.finite_float("min_var", min_var, 0.0)
-        self.log_var = nn.Parameter(torch.full((n_experts, n_outputs), math.log(var)))
+        self.tied = checks.choice("tied", tied, TIES)
+        shape = {"none": (n_experts, n_outputs), "outputs": (n_experts, 1), "all": (1, 1)}[self.tied]
+        self.log_var = nn.Parameter(torch.full(shape, math.log(var)))
 
     @property
     def var(self) -> torch.Tensor:
-        """The noise variances (E, O)."""
+        """The noise variances: (E, O), or (E, 1) or (1, 1) when tied (they broadcast to (E, O))."""
         return self.log_var.exp()
 
     def targets(self, y: torch.Tensor) -> torch.Tensor:
@@ -71,13 +84,19 @@ class Gaussian(nn.Module):
                solve_experts: bool = True) -> None:
         """The closed-form M-step in place: weighted least squares for the experts (which must have
         a ``design``; skipped if not ``solve_experts``), then every expert's weighted residual
-        variance. x (N, D), y (N, O) or (N,), resp (N, E); ``steps`` is unused (no iterations)."""
+        variance (averaged over what ``tied`` shares). x (N, D), y (N, O) or (N,), resp (N, E);
+        ``steps`` is unused (no iterations)."""
         y = self.targets(y)
         with torch.no_grad():
             if solve_experts:
                 experts.load_linear(*solvers.weighted_least_squares(experts.design(x), y, resp))
-            var = solvers.weighted_variance(y, experts(x), resp, self.min_var)
-            self.log_var.copy_(var.log())
+            var = solvers.weighted_variance(y, experts(x), resp)                  # (E, O)
+            if self.tied == "outputs":
+                var = var.mean(-1, keepdim=True)
+            elif self.tied == "all":  # the pooled variance: each expert weighted by its share
+                share = resp.sum(0) / resp.sum()
+                var = (share[:, None] * var).sum(0, keepdim=True).mean(-1, keepdim=True)
+            self.log_var.copy_(var.clamp_min(self.min_var).log())
 
 
 class Categorical(nn.Module):
