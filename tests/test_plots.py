@@ -39,3 +39,13 @@ def test_decision_figure_refuses_more_than_two_classes():
         with pytest.raises(ValueError, match=r"models\['three'\]\.predict_proba must return \(G, 2\) probabilities "
                                              r"of 2 classes .*got \(400, 3\)"):
             mu.plots.decision_figure({"two": net, "three": model}, x, y, resolution=20)
+
+
+def test_mixture_figure_draws_every_expert_and_gate_per_panel():
+    grid = torch.linspace(-2, 2, 11)
+    x, y, _ = mu.data.zig().sample(100, seed=0)
+    panel = {"experts": torch.stack([grid, -grid], 1), "gate": torch.full((11, 2), 0.5)}
+    fig = mu.plots.mixture_figure({"a": panel, "b": {**panel, "blend": torch.zeros(11)}}, x, y, grid)
+    names = [t.name for t in fig.data]
+    assert names.count("expert 0") == names.count("expert 1") == 4 and names.count("blend") == 1
+    assert fig.layout.xaxis3.title.text == "x" and fig.layout.yaxis3.title.text == "gate g(x)"
