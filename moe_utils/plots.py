@@ -16,8 +16,8 @@ import plotly.io as pio
 import torch
 from plotly.subplots import make_subplots
 
-__all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "mixture_figure", "setup", "subplots",
-           "decision_figure", "reliability_figure"]
+__all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots",
+           "decision_figure", "mixture_figure", "reliability_figure"]
 
 # Expert e is drawn in COLORS[e % len(COLORS)] in every chapter (plotly's default sequence).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",

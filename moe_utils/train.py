@@ -5,6 +5,8 @@ the parameters with the best held-out loss when a validation split is given (ear
 shows a ``tqdm`` progress bar, and returns the loss history. ``loss(model, x, y)`` returns a
 scalar tensor, such as ``mu.competitive_loss``, or a pair (scalar, {name: scalar}) whose named
 values (an auxiliary loss, the dropped-token fraction, ...) are logged per epoch.
+``fit_many(models, loss, xs, ys)`` trains several small models of one shape at once, each on
+its own data, exactly as full-batch ``fit`` would train each.
 
 >>> import torch, moe_utils as mu
 >>> x = torch.linspace(-1, 1, 64)[:, None]
