@@ -17,7 +17,7 @@ import torch
 from plotly.subplots import make_subplots
 
 __all__ = ["COLORS", "DATA_COLOR", "color", "data_traces", "iterations_figure", "line_trace", "setup", "subplots",
-           "decision_figure", "reliability_figure", "confidence_figure", "graphical_model"]
+           "decision_figure", "reliability_figure", "confidence_figure", "graphical_model", "mixture_figure"]
 
 # Expert e is drawn in COLORS[e % len(COLORS)] in every chapter (plotly's default sequence).
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -269,4 +269,36 @@ def graphical_model():
     ax.set_ylim(0.2, 3.1)
     ax.set_aspect("equal")
     ax.axis("off")
+    return fig
+
+
+# ---------------------------------------------------------------------- gradient training (chapter 3)
+def mixture_figure(panels: dict, x, y, grid, title: str = "", max_points: int = 600) -> go.Figure:
+    """Fitted mixtures of 1-D experts side by side: one column per panel, the data, each expert's
+    line and the blend on top, the gate below.
+
+    ``panels`` maps a column title to a dict with ``experts`` (G, E), each expert's output on
+    ``grid`` (G,), ``gate`` (G, E) and, optionally, ``blend`` (G,) (drawn dotted). x (N,), y (N,):
+    the data drawn behind every panel (at most ``max_points`` of them).
+    """
+    names = list(panels)
+    fig = subplots([f"{n}: experts" for n in names] + [f"{n}: gate" for n in names], cols=len(names),
+                   row_height=280, shared_xaxes=True)
+    keep = np.linspace(0, len(_np(x)) - 1, min(max_points, len(_np(x)))).astype(int)
+    for col, name in enumerate(names, start=1):
+        panel, first = panels[name], col == 1
+        fig.add_traces(data_traces(_np(x)[keep], _np(y)[keep], showlegend=first), rows=1, cols=col)
+        experts, gate = _np(panel["experts"]), _np(panel["gate"])
+        for e in range(experts.shape[1]):
+            fig.add_trace(line_trace(grid, experts[:, e], f"expert {e}", color(e), showlegend=first), row=1, col=col)
+            fig.add_trace(line_trace(grid, gate[:, e], f"expert {e}", color(e), showlegend=False), row=2, col=col)
+        if panel.get("blend") is not None:
+            fig.add_trace(line_trace(grid, panel["blend"], "blend", "black", dash="dot", showlegend=first),
+                          row=1, col=col)
+    lo, hi = float(np.min(_np(y))), float(np.max(_np(y)))
+    fig.update_yaxes(range=[lo - 0.25 * (hi - lo), hi + 0.25 * (hi - lo)], title_text="y", row=1, col=1)
+    fig.update_yaxes(range=[-0.05, 1.05], row=2)
+    fig.update_yaxes(title_text="gate g(x)", row=2, col=1)
+    fig.update_xaxes(title_text="x", row=2)
+    fig.update_layout(title=title)
     return fig

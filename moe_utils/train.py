@@ -5,6 +5,8 @@ the parameters with the best held-out loss when a validation split is given (ear
 shows a ``tqdm`` progress bar, and returns the loss history. ``loss(model, x, y)`` returns a
 scalar tensor, such as ``mu.competitive_loss``, or a pair (scalar, {name: scalar}) whose named
 values (an auxiliary loss, the dropped-token fraction, ...) are logged per epoch.
+``fit_many(models, loss, xs, ys)`` trains several small models of one shape at once, each on
+its own data, exactly as full-batch ``fit`` would train each.
 
 >>> import torch, moe_utils as mu
 >>> x = torch.linspace(-1, 1, 64)[:, None]
@@ -31,7 +33,7 @@ with warnings.catch_warnings():  # without ipywidgets, tqdm.auto warns and draws
 
 from . import _checks as checks
 
-__all__ = ["History", "anneal", "fit"]
+__all__ = ["History", "anneal", "fit", "fit_many"]
 
 
 @dataclass
@@ -145,3 +147,80 @@ def _check_data(**tensors: torch.Tensor) -> None:
             raise TypeError(f"{name} must be a tensor of shape (N, ...), got {type(t).__name__}")
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise ValueError(f"{name} contains NaN or inf")
+
+
+class _LossOf(torch.nn.Module):
+    """``loss(model, x, y)`` as a module whose forward ``torch.func.functional_call`` can run with
+    another model's tensors in place of ``model``'s."""
+
+    def __init__(self, model: torch.nn.Module, loss: Callable):
+        super().__init__()
+        self.model, self.loss = model, loss
+
+    def forward(self, x, y):
+        return self.loss(self.model, x, y)
+
+
+def fit_many(models: list, loss: Callable, xs: torch.Tensor, ys: torch.Tensor, *, epochs: int = 1000,
+             lr: float = 0.01, lr_end: float | None = None,
+             callback: Callable[[int, torch.nn.Module], None] | None = None, progress: bool = True,
+             desc: str = "training") -> list[History]:
+    """Train several models of one architecture at once, models[i] on (xs[i], ys[i]): what
+    full-batch ``fit`` with Adam does to each, in one batched computation (``torch.func.vmap``),
+    so that a few small models cost little more than one. Returns one ``History`` per model.
+
+    models : modules that differ only in their tensors (parameters and buffers); everything
+        else, such as a routing rule's temperature, is read from ``models[0]``.
+    xs, ys : the data sets stacked, (len(models), N, ...) each, all of one size N.
+    loss : ``loss(model, x, y)`` -> a scalar tensor (no logs); random draws in it (a Gumbel rule)
+        differ between the models. ``vmap`` runs it once for all models, so it may not branch on
+        the data's values in Python (the Categorical head's label check does: classifiers go
+        through ``fit``).
+    lr, lr_end, callback : as in ``fit``; ``callback(epoch, model)`` is called for every model.
+
+    >>> import torch, moe_utils as mu
+    >>> x = torch.linspace(-1, 1, 64)[None, :, None].expand(2, -1, -1)    # 2 data sets
+    >>> models = [mu.MixtureOfExperts.linear(1, 1, 2, seed=s) for s in (0, 1)]
+    >>> histories = mu.train.fit_many(models, mu.competitive_loss, x, 2 * x[..., 0], epochs=50, progress=False)
+    >>> len(histories), len(histories[0].loss)
+    (2, 50)
+    """
+    from torch.func import functional_call, stack_module_state, vmap  # imported on first use
+
+    if not isinstance(models, (list, tuple)) or not models:
+        raise TypeError("models must be a non-empty list of modules")
+    epochs = checks.positive_int("epochs", epochs)
+    lr = checks.finite_float("lr", lr, 0.0, low_open=True)
+    _check_data(xs=xs, ys=ys)
+    if xs.ndim < 2 or ys.ndim < 2 or not len(models) == xs.shape[0] == ys.shape[0] or xs.shape[1] != ys.shape[1]:
+        raise ValueError(f"xs and ys must have shape ({len(models)}, N, ...), one data set per model, got "
+                         f"{tuple(xs.shape)} and {tuple(ys.shape)}")
+    params, buffers = stack_module_state(list(models))  # leaves with a leading model axis; raise if shapes differ
+    template = _LossOf(models[0], loss)
+    state = ({"model." + k: v for k, v in params.items()}, {"model." + k: v for k, v in buffers.items()})
+    batched = vmap(lambda p, b, x, y: functional_call(template, (p, b), (x, y)), randomness="different")
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    schedule = anneal(lr, lr_end, epochs) if lr_end is not None else None
+    histories = [History() for _ in models]
+    t0 = time.perf_counter()
+    for epoch in tqdm(range(epochs), desc=desc, disable=not progress, leave=False, mininterval=1.0):
+        for model in models:
+            if callback is not None:
+                callback(epoch, model)
+        if schedule is not None:
+            opt.param_groups[0]["lr"] = schedule(epoch)
+        template.train()
+        opt.zero_grad()
+        values = batched(*state, xs, ys)  # one loss per model
+        values.sum().backward()           # model m's parameters get its own loss's gradient
+        opt.step()
+        for history, value in zip(histories, values.tolist()):
+            history.loss.append(value)
+    with torch.no_grad():  # the trained tensors back into each model (the buffers did not change)
+        for m, model in enumerate(models):
+            for name, t in params.items():
+                model.get_parameter(name).copy_(t[m])
+            model.eval()
+    for history in histories:
+        history.seconds = time.perf_counter() - t0
+    return histories

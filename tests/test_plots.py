@@ -58,3 +58,13 @@ def test_graphical_model_draws_three_nodes_two_shaded():
     assert len(circles) == 3
     assert sum(c.get_facecolor()[0] < 1 for c in circles) == 2  # x_n and y_n are observed
     assert {t.get_text() for t in fig.axes[0].texts} >= {"$x_n$", "$z_n$", "$y_n$"}
+
+
+def test_mixture_figure_draws_every_expert_and_gate_per_panel():
+    grid = torch.linspace(-2, 2, 11)
+    x, y, _ = mu.data.zig().sample(100, seed=0)
+    panel = {"experts": torch.stack([grid, -grid], 1), "gate": torch.full((11, 2), 0.5)}
+    fig = mu.plots.mixture_figure({"a": panel, "b": {**panel, "blend": torch.zeros(11)}}, x, y, grid)
+    names = [t.name for t in fig.data]
+    assert names.count("expert 0") == names.count("expert 1") == 4 and names.count("blend") == 1
+    assert fig.layout.xaxis3.title.text == "x" and fig.layout.yaxis3.title.text == "gate g(x)"
