@@ -133,6 +133,32 @@ def fit_posterior(x, y, steps=400, n_draws=8, seed=0):
     n_experts = probs.shape[-1]
     f = torch.bincount(chosen.reshape(-1), minlength=n_experts).to(probs.dtype) / len(chosen)  # per token: k times too large
     return n_experts * (f * probs.mean(0)).sum()'''),
+    ("06_atlas_of_charts", "q1_competitive", "def competitive_loss(", '''def competitive_loss(x, recon, log_gates, var):
+    var = torch.as_tensor(var, dtype=x.dtype)
+    sq = ((x[:, None, :] - recon) ** 2).sum(-1)
+    log_n = -0.5 * (sq / var + torch.log(2 * math.pi * var))  # the normaliser of a 1-D Gaussian, not of D dimensions
+    return -torch.logsumexp(log_gates + log_n, -1).mean()'''),
+    ("06_atlas_of_charts", "q2_atlas", "def atlas(", '''def atlas(scores, codes, recon, x):
+    chosen = scores.argmax(-1)
+    rows = torch.arange(len(x))
+    mse = ((x - recon[rows, chosen]) ** 2).mean()  # averaged over the D coordinates too: D times too small
+    return chosen, codes[rows, chosen], mse'''),
+    ("06_atlas_of_charts", "q3_linear_charts", "def fit_chart(", '''def fit_chart(x, r):
+    w = r / r.sum()
+    mean = w @ x
+    z = x - mean
+    values, vectors = torch.linalg.eigh((w[:, None] * z).T @ z)
+    return mean, vectors[:, 0]  # eigh sorts ascending: the smallest eigenvalue's direction, across the data
+
+
+def linear_atlas(x, resp):
+    codes, recons = [], []
+    for e in range(resp.shape[1]):
+        mean, u = fit_chart(x, resp[:, e])
+        code = (x - mean) @ u
+        codes.append(code)
+        recons.append(mean + code[:, None] * u)
+    return atlas(resp, torch.stack(codes, 1), torch.stack(recons, 1), x)'''),
 ]
 
 
@@ -195,7 +221,7 @@ def test_solution_passes_every_test_and_the_student_version_fails_every_question
     assert all(not any(passed for _, passed in cases) for cases in results.values()), results
 
 
-@pytest.mark.parametrize("assignment, question, first_line, wrong", WRONG, ids=[w[1] for w in WRONG])
+@pytest.mark.parametrize("assignment, question, first_line, wrong", WRONG, ids=[f"{w[0]}-{w[1]}" for w in WRONG])
 def test_a_planted_wrong_answer_fails_its_hidden_tests(built, tmp_path, assignment, question, first_line, wrong):
     folder = built[assignment]
     nb = copy.deepcopy(nbformat.read(folder / "autograder" / f"{assignment}.ipynb", as_version=4))
