@@ -123,6 +123,16 @@ def test_exercises_have_solutions(chapter):
     assert set(exercises) <= solved, f"exercises without a solution: {set(exercises) - solved}"
 
 
+def test_bibliography_parses_with_unique_keys():
+    """pybtex, which the book build uses, reads every entry (a merge that drops a closing brace
+    otherwise only shows as a failed book build), and no key is defined twice."""
+    from pybtex.database import parse_file
+
+    text = (ROOT / "book" / "references.bib").read_text()
+    keys = re.findall(r"@\w+\{([^,\s]+),", text)
+    assert len(parse_file(str(ROOT / "book" / "references.bib")).entries) == len(keys) == len(set(keys))
+
+
 def test_every_bibliography_entry_is_cited():
     keys = set(re.findall(r"@\w+\{([^,\s]+),", (ROOT / "book" / "references.bib").read_text()))
     pages = [ROOT / "book" / f for f in ("intro.md", "setup.md", "notation.md", "glossary.md", "instructors.md")]
