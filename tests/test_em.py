@@ -41,7 +41,7 @@ def test_e_step_is_bayes_rule(likelihood):
 @pytest.mark.parametrize("router", ROUTERS)
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)
 def test_objective_never_decreases(likelihood, router):
-    for seed in range(3):
+    for seed in range(2):
         x, y, _ = problem(likelihood, 200, seed=seed)
         for init in ("kmeans", "random"):
             m = model(likelihood, x, n_experts=3, router=router, seed=seed)
@@ -217,7 +217,8 @@ def test_constant_x_one_sample_and_identical_points(router):
     gen = torch.Generator().manual_seed(0)
     x, y = torch.full((60,), 3.0, dtype=F64), torch.randn(60, generator=gen, dtype=F64)
     for init in em.INITS:
-        fitted = quietly(mu.MixtureOfLinearExperts(2, router=router, init=init).fit, x, y)
+        # nothing to converge to: a few iterations show the fit stays sane
+        fitted = quietly(mu.MixtureOfLinearExperts(2, router=router, init=init, max_iter=10).fit, x, y)
         assert_sane(fitted, x, y)
         prediction = fitted.predict(x)  # the same for every sample: x tells the experts apart nowhere
         assert (prediction == prediction[0]).all() and y.min() < prediction[0] < y.max()
