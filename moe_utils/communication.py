@@ -48,20 +48,12 @@ def element_size(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
-def _experts_per_rank(n_experts: int, world_size: int) -> int:
-    n_experts = checks.positive_int("n_experts", n_experts)
-    world_size = checks.positive_int("world_size", world_size)
-    if n_experts % world_size:
-        raise ValueError(f"n_experts ({n_experts}) must be divisible by the number of ranks ({world_size})")
-    return n_experts // world_size
-
-
 def rows_sent(counts: torch.Tensor, rank: int, world_size: int) -> int:
     """Rows a rank sends to other ranks in one exchange: counts (E,), the rows it routes to each
     expert, minus those of its own experts (rank r holds experts r E/R .. (r+1) E/R - 1)."""
     if not torch.is_tensor(counts) or counts.ndim != 1:
         raise ValueError(f"counts must be a tensor (E,), got {getattr(counts, 'shape', counts)!r}")
-    per = _experts_per_rank(len(counts), world_size)
+    per = expert_parallel.experts_per_rank(len(counts), world_size)
     rank = checks.positive_int("rank", rank, minimum=0)
     if rank >= world_size:
         raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
@@ -71,7 +63,7 @@ def rows_sent(counts: torch.Tensor, rank: int, world_size: int) -> int:
 def expected_rows(n_tokens: int, n_experts: int, k: int, world_size: int, capacity: int | None = None) -> float:
     """Expected rows one rank sends per exchange under uniform routing: (R - 1) (E / R) E[min(L, C)],
     L ~ Binomial(N_r, K / E), N_r = ``n_tokens`` on the rank; no capacity: N_r K (R - 1) / R."""
-    per = _experts_per_rank(n_experts, world_size)
+    per = expert_parallel.experts_per_rank(n_experts, world_size)
     n, k = checks.positive_int("n_tokens", n_tokens, minimum=0), checks.positive_int("k", k)
     if k > n_experts:
         raise ValueError(f"k must be <= n_experts ({n_experts}), got {k}")
@@ -86,7 +78,7 @@ def expected_rows(n_tokens: int, n_experts: int, k: int, world_size: int, capaci
 def padded_rows(n_experts: int, world_size: int, capacity: int) -> int:
     """Rows one rank sends per exchange in the padded variant: C rows for each of the (R - 1) E / R
     experts of the other ranks, used or not."""
-    per = _experts_per_rank(n_experts, world_size)
+    per = expert_parallel.experts_per_rank(n_experts, world_size)
     return (world_size - 1) * per * checks.positive_int("capacity", capacity)
 
 

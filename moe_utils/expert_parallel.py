@@ -37,16 +37,22 @@ from . import dispatch, parallel, topk
 from .parallel import all_to_all, exchange_counts
 from .sparse import SparseMoE, SparseOutput
 
-__all__ = ["ExpertParallel", "build", "local_experts", "max_difference", "reference", "run", "shard",
-           "sync_replicated_grads"]
+__all__ = ["ExpertParallel", "build", "experts_per_rank", "local_experts", "max_difference", "reference", "run",
+           "shard", "sync_replicated_grads"]
+
+
+def experts_per_rank(n_experts: int, world_size: int) -> int:
+    """E / R, the experts each rank holds; E must divide among the R ranks."""
+    n_experts = checks.positive_int("n_experts", n_experts)
+    world_size = checks.positive_int("world_size", world_size)
+    if n_experts % world_size:
+        raise ValueError(f"n_experts ({n_experts}) must be divisible by the number of ranks ({world_size})")
+    return n_experts // world_size
 
 
 def local_experts(experts, rank: int, world_size: int):
     """The experts rank ``rank`` of ``world_size`` holds: a contiguous E / R of them."""
-    world_size = checks.positive_int("world_size", world_size)
-    if experts.n_experts % world_size:
-        raise ValueError(f"n_experts ({experts.n_experts}) must be divisible by the number of ranks ({world_size})")
-    per = experts.n_experts // world_size
+    per = experts_per_rank(experts.n_experts, world_size)
     return experts.select(slice(rank * per, (rank + 1) * per))
 
 
