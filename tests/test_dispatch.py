@@ -234,3 +234,25 @@ def test_grouped_products_equal_the_blocks_forward_and_backward(gated):
     for g, w in zip(got_grads, want_grads):
         torch.testing.assert_close(g, w)
 
+
+def test_sort_based_groups_the_products_only_when_autograd_records():
+    experts = mu.experts.MLP(8, 12, 8, 4, activation="gelu", generator=GEN(13))
+    _, chosen, weights = routed_case(30, 4, 2, seed=14, skewed=True)              # the last expert unused
+    x = torch.randn(30, 8, generator=GEN(15), requires_grad=True)
+    weights = weights.detach().float().requires_grad_()
+    assert dispatch._grouped(experts, x, 60)
+    with torch.no_grad():
+        assert not dispatch._grouped(experts, x, 60)
+        torch.testing.assert_close(dispatch.sort_based(experts, x, chosen, weights),  # a gather per expert
+                                   dispatch.dense(experts, x, chosen, weights))
+    assert not dispatch._grouped(experts, x, dispatch.GROUPED_ROWS * 4 + 1)  # many rows per expert
+    assert not dispatch._grouped(experts.double(), x.double(), 60)    # grouped_mm has no float64
+    experts.float()
+    params = [x, weights, *experts.parameters()]
+    want, want_grads = gradients(lambda: dispatch.dense(experts, x, chosen, weights), *params)
+    got, got_grads = gradients(lambda: dispatch.sort_based(experts, x, chosen, weights), *params)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(ValueError, match="grouped needs float32"):
+        mu.experts.MLP(5, 7, 5, 3).grouped(torch.zeros(4, 5), torch.tensor([1, 2, 1]))
