@@ -202,6 +202,9 @@ class MLP(Experts):
     (torch.Size([3, 4, 8]), torch.Size([3, 4, 8]), torch.Size([3, 8, 4]))
     >>> [y.shape[0] for y in ffn.blocks([torch.randn(n, 4) for n in (2, 0, 5)])]
     [2, 0, 5]
+    >>> z = torch.randn(7, 4)                                          # the same blocks, grouped
+    >>> torch.allclose(ffn.grouped(z, torch.tensor([2, 0, 5])), torch.cat(ffn.blocks(z.split([2, 0, 5]))))
+    True
     """
 
     def __init__(self, n_inputs: int, n_hidden: int, n_outputs: int, n_experts: int, activation: str = "tanh",
@@ -243,3 +246,30 @@ class MLP(Experts):
         act = ACTIVATIONS[self.activation]
         layers = zip(self.w1.unbind(), self.b1.unbind(), self.w2.unbind(), self.b2.unbind())
         return [torch.addmm(b2, act(torch.addmm(b1, z, w1)), w2) for z, (w1, b1, w2, b2) in zip(zs, layers)]
+
+    def grouped(self, z: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Expert e on its contiguous rows of z (M, D), ``counts`` (E,) rows each, with one
+        ``torch.nn.functional.grouped_mm`` per layer (megablocks' grouped GEMM): (M, O), the same
+        as ``torch.cat(self.blocks(z.split(counts)))``. Its backward writes each weight's gradient
+        (E, ...) at once, where ``blocks`` stacks E pieces. Needs what this torch's grouped_mm takes
+        (``groupable``): float32 on the CPU (bfloat16 on recent CUDA GPUs), rows of 16-byte multiples.
+        """
+        if not self.groupable(z):
+            sizes = (self.n_inputs, self.n_hidden, self.n_outputs)
+            raise ValueError(f"grouped needs float32 inputs on the CPU with D, H and O multiples of 4, got "
+                             f"{z.dtype} on {z.device.type} with D, H, O = {sizes}")
+        offs = counts.cumsum(0).to(torch.int32)
+
+        def mm(a, w):
+            return nn.functional.grouped_mm(a, w, offs=offs)
+        if self.gated:
+            return mm(nn.functional.silu(mm(z, self.w_gate)) * mm(z, self.w_up), self.w_down)
+        expert = torch.arange(self.n_experts, device=z.device).repeat_interleave(counts, output_size=z.shape[0])
+        hidden = ACTIVATIONS[self.activation](mm(z, self.w1) + self.b1.index_select(0, expert))
+        return mm(hidden, self.w2) + self.b2.index_select(0, expert)
+
+    def groupable(self, z: torch.Tensor) -> bool:
+        """Whether ``grouped`` runs on inputs like z: float32 on the CPU, D, H, O multiples of 4."""
+        sizes = (self.n_inputs, self.n_hidden, self.n_outputs)
+        return (hasattr(nn.functional, "grouped_mm") and z.device.type == "cpu" and z.dtype == torch.float32
+                and next(self.parameters()).dtype == torch.float32 and all(n % 4 == 0 for n in sizes))

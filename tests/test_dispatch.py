@@ -218,3 +218,41 @@ def test_the_steps_compose_with_or_without_concatenating_the_blocks():
     assert [len(b) for b in blocks] == plan.counts.tolist() and plan.counts[-1] == 0
     torch.testing.assert_close(dispatch.combine(blocks, plan, weights, 25), joined)
     torch.testing.assert_close(joined, dispatch.dense(experts, x, chosen, weights))
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_grouped_products_equal_the_blocks_forward_and_backward(gated):
+    # float32 (grouped_mm's type on the CPU), an expert with no rows, D, H, O multiples of 4
+    experts = mu.experts.MLP(8, 12, 4, 4, activation="gelu", gated=gated, generator=GEN(11))
+    counts = torch.tensor([5, 0, 9, 3])
+    z = torch.randn(17, 8, generator=GEN(12), requires_grad=True)
+    params = [z, *experts.parameters()]
+    assert experts.groupable(z)
+    want, want_grads = gradients(lambda: torch.cat(experts.blocks(z.split(counts.tolist()))), *params)
+    got, got_grads = gradients(lambda: experts.grouped(z, counts), *params)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+
+
+def test_sort_based_groups_the_products_only_when_autograd_records():
+    experts = mu.experts.MLP(8, 12, 8, 4, activation="gelu", generator=GEN(13))
+    _, chosen, weights = routed_case(30, 4, 2, seed=14, skewed=True)              # the last expert unused
+    x = torch.randn(30, 8, generator=GEN(15), requires_grad=True)
+    weights = weights.detach().float().requires_grad_()
+    assert dispatch._grouped(experts, x, 60)
+    with torch.no_grad():
+        assert not dispatch._grouped(experts, x, 60)
+        torch.testing.assert_close(dispatch.sort_based(experts, x, chosen, weights),  # a gather per expert
+                                   dispatch.dense(experts, x, chosen, weights))
+    assert not dispatch._grouped(experts, x, dispatch.GROUPED_ROWS * 4 + 1)  # many rows per expert
+    assert not dispatch._grouped(experts.double(), x.double(), 60)    # grouped_mm has no float64
+    experts.float()
+    params = [x, weights, *experts.parameters()]
+    want, want_grads = gradients(lambda: dispatch.dense(experts, x, chosen, weights), *params)
+    got, got_grads = gradients(lambda: dispatch.sort_based(experts, x, chosen, weights), *params)
+    torch.testing.assert_close(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)
+    with pytest.raises(ValueError, match="grouped needs float32"):
+        mu.experts.MLP(5, 7, 5, 3).grouped(torch.zeros(4, 5), torch.tensor([1, 2, 1]))
