@@ -9,8 +9,8 @@ Router *networks* map x (N, D) to logits (N, E):
   that models the inputs too, with a closed-form M-step.
 
 Each carries its prior (``log_prior``) and its EM M-step (``m_step``: closed form for ``Constant``
-and ``Kernel``, Gauss-Newton with autograd derivatives for the others), so EM never asks what
-kind of router it has.
+and ``Kernel``, Newton's method (IRLS) for ``Linear``, Gauss-Newton with autograd derivatives for
+any other network), so EM never asks what kind of router it has.
 
 Routing *rules* turn logits into a ``Routing``: ``Softmax`` (with a temperature) and ``Gumbel``
 (soft or hard straight-through samples in training, a deterministic rule in ``eval()``); the
@@ -112,6 +112,19 @@ class Linear(Router):
 
     def logits(self, z):
         return z @ self.weight.T + self.bias
+
+    def m_step(self, x: torch.Tensor, resp: torch.Tensor, temperature: float = 1.0, steps: int = 3) -> None:
+        """A linear-softmax router is a softmax regression of the responsibilities on z: ``steps``
+        Newton steps (IRLS), with the categorical experts' solver (``solvers.softmax_regression``,
+        one regression), no Jacobian needed. With V = [W^T; b] (D+1, E), softmax(z~ V / T) is
+        fitted as U = V / T, whose prior precision is l2 T^2."""
+        t = float(temperature)
+        with torch.no_grad():
+            weight, bias = solvers.softmax_regression(
+                self.standardise(x), resp[:, None, :], self.weight.T[None] / t, self.bias[None] / t,
+                self.l2 * t * t, steps)                                       # (1, D, E), (1, E)
+            self.weight.copy_(t * weight[0].T)
+            self.bias.copy_(t * bias[0])
 
 
 class MLP(Router):

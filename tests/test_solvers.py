@@ -93,6 +93,12 @@ def router(name, seed=0):
     return r
 
 
+def unflatten(module, theta):
+    """A flat parameter vector (P,) as {name: tensor} in ``named_parameters`` order."""
+    sizes = [p.numel() for p in module.parameters()]
+    return {name: t.view_as(p) for (name, p), t in zip(module.named_parameters(), theta.split(sizes))}
+
+
 def router_objective(r, x, targets, l2, temperature):
     theta = torch.nn.utils.parameters_to_vector(r.parameters())
     return (targets * torch.log_softmax(r(x) / temperature, -1)).sum() - 0.5 * l2 * (theta**2).sum()
@@ -111,7 +117,7 @@ def test_router_newton_terms_are_the_autograd_derivatives(name):
     # the curvature: the Gauss-Newton matrix J^T (diag p - p p^T) J / T^2 + l2 I, with J from an
     # independent reverse-mode Jacobian; for a linear router it is minus the exact Hessian (IRLS)
     theta = torch.nn.utils.parameters_to_vector(r.parameters()).detach()
-    logits = lambda th: torch.func.functional_call(r, solvers._unflatten(r, th), (x,)) / temperature  # noqa: E731
+    logits = lambda th: torch.func.functional_call(r, unflatten(r, th), (x,)) / temperature  # noqa: E731
     jac = torch.autograd.functional.jacobian(logits, theta)                      # (N, C, P)
     p = torch.softmax(logits(theta), -1)
     a = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]
@@ -123,7 +129,7 @@ def test_router_newton_terms_are_the_autograd_derivatives(name):
 
 
 def router_objective_at(r, theta, x, targets, temperature):
-    logits = torch.func.functional_call(r, solvers._unflatten(r, theta), (x,)) / temperature
+    logits = torch.func.functional_call(r, unflatten(r, theta), (x,)) / temperature
     return (targets * torch.log_softmax(logits, -1)).sum() - 0.15 * (theta**2).sum()
 
 
@@ -139,6 +145,22 @@ def test_router_m_step_never_makes_its_objective_worse(name):
     if name == "kernel":  # its closed form maximises the joint sum r [log a + log N(x)] instead
         return
     assert after >= before
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.4])
+def test_linear_router_irls_reaches_the_gauss_newton_optimum(temperature):
+    # Linear.m_step solves its softmax regression by IRLS; the generic Gauss-Newton step of any
+    # router network (autograd Jacobian) is the same Newton step for it, so both reach one optimum
+    x, _, _ = gaussian_mixture(200)
+    targets = torch.softmax(3 * torch.randn(200, 3, generator=torch.Generator().manual_seed(3), dtype=F64), -1)
+    irls, gauss_newton = router("linear"), router("linear")
+    irls.m_step(x, targets, temperature=temperature, steps=1)
+    solvers.newton_softmax(gauss_newton, x, targets, gauss_newton.l2, steps=1, temperature=temperature)
+    for a, b in zip(irls.parameters(), gauss_newton.parameters()):
+        torch.testing.assert_close(a, b)  # one step: the same Newton step
+    irls.m_step(x, targets, temperature=temperature, steps=30)
+    objective, grad, _ = solvers.softmax_newton_terms(irls, x, targets, irls.l2, temperature)
+    assert grad.abs().max() < 1e-8
 
 
 def test_constant_router_m_step_is_the_dirichlet_map():
