@@ -62,10 +62,11 @@ def m_step(model, x: torch.Tensor, y: torch.Tensor, resp: torch.Tensor, *, route
     """One M-step in place, from responsibilities resp (N, E); returns ``model``.
 
     The likelihood head fits the experts (``expert_steps`` Newton steps for a Categorical head,
-    default its own) and its noise; the router fits itself (``router_steps`` Gauss-Newton steps
-    where it has no closed form). Experts without a closed form (an MLP), or any experts when
-    ``gradient_steps`` > 0, take that many Adam steps (learning rate ``lr``) on the expected
-    complete-data log-likelihood instead: the slow way, which only approaches the M-step's optimum.
+    default its own) and its noise; the router fits itself (``router_steps`` Newton steps for a
+    linear router, Gauss-Newton for other networks, where it has no closed form). Experts without
+    a closed form (an MLP), or any experts when ``gradient_steps`` > 0, take that many Adam steps
+    (learning rate ``lr``) on the expected complete-data log-likelihood instead: the slow way,
+    which only approaches the M-step's optimum.
     Adam's steps may overshoot and lower that objective; with ``line_search`` they are kept only
     if it did not fall, else undone and retried at half the learning rate (up to 8 times, then the experts
     stay as they were), so that the M-step never lowers it: a generalised EM step.
